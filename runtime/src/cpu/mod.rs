@@ -1,0 +1,106 @@
+//! The CPU backend: the matmul kernel and the loops shared by the ops.
+//!
+//! Ops keep their CPU loops beside their shape checks in `crate::ops`; what lives here is what
+//! several ops share: the GEMM and the helpers that split row-wise work over rayon's threads.
+//!
+//! Determinism: every parallel loop here splits work at fixed boundaries (rows, or fixed-size
+//! chunks of rows) and combines partial results in a fixed order, so results do not depend on
+//! the number of threads or on scheduling. Training runs that resume from a checkpoint rely on it.
+
+#[path = "gemm_tmp.rs"]
+pub mod gemm;
+
+use rayon::prelude::*;
+
+/// Below this many elements an op runs on the calling thread: a rayon fork/join costs a few
+/// microseconds, more than the whole loop on a small tensor.
+pub const PAR_MIN_ELEMS: usize = 1 << 15;
+
+/// Rows per task when partial sums over rows are computed in parallel (see `sum_over_rows`).
+const ROWS_PER_CHUNK: usize = 64;
+
+/// `f` applied to every element, in parallel for large inputs.
+pub fn map<F>(xs: &[f32], f: F) -> Vec<f32>
+where
+    F: Fn(f32) -> f32 + Sync,
+{
+    if xs.len() < PAR_MIN_ELEMS {
+        xs.iter().map(|&x| f(x)).collect()
+    } else {
+        xs.par_iter().map(|&x| f(x)).collect()
+    }
+}
+
+/// `f` applied pairwise to two equal-length slices, in parallel for large inputs.
+pub fn zip_map<F>(xs: &[f32], ys: &[f32], f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32) -> f32 + Sync,
+{
+    debug_assert_eq!(xs.len(), ys.len());
+    if xs.len() < PAR_MIN_ELEMS {
+        xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+    } else {
+        xs.par_iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+    }
+}
+
+/// Calls `f(row_index, row)` on each `row_len`-long row of `out`, in parallel for large outputs.
+pub fn for_each_row<F>(out: &mut [f32], row_len: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    if row_len == 0 {
+        return;
+    }
+    if out.len() < PAR_MIN_ELEMS {
+        out.chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(r, row)| f(r, row));
+    } else {
+        out.par_chunks_mut(row_len)
+            .enumerate()
+            .for_each(|(r, row)| f(r, row));
+    }
+}
+
+/// `f(row)` for each of `rows` rows, collected in order (in parallel for large inputs).
+pub fn map_rows<F>(rows: usize, work_per_row: usize, f: F) -> Vec<f32>
+where
+    F: Fn(usize) -> f32 + Sync + Send,
+{
+    if rows * work_per_row < PAR_MIN_ELEMS {
+        (0..rows).map(f).collect()
+    } else {
+        (0..rows).into_par_iter().map(f).collect()
+    }
+}
+
+/// Sums per-row contributions into one `width`-long vector: `out[j] = sum_r contrib(r)[j]`.
+///
+/// `add_row(r, acc)` adds row `r`'s contribution into `acc`. Rows are grouped in fixed chunks of
+/// `ROWS_PER_CHUNK`, each chunk summed on its own, then chunk sums added in chunk order: the same
+/// rounding whatever the thread count. (Used for weight gradients of norms and similar.)
+pub fn sum_over_rows<F>(rows: usize, width: usize, add_row: F) -> Vec<f32>
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let chunk_sum = |c: usize| {
+        let mut acc = vec![0.0f32; width];
+        let end = ((c + 1) * ROWS_PER_CHUNK).min(rows);
+        for r in c * ROWS_PER_CHUNK..end {
+            add_row(r, &mut acc);
+        }
+        acc
+    };
+    let chunks = rows.div_ceil(ROWS_PER_CHUNK);
+    let partials: Vec<Vec<f32>> = if rows * width < PAR_MIN_ELEMS {
+        (0..chunks).map(chunk_sum).collect()
+    } else {
+        (0..chunks).into_par_iter().map(chunk_sum).collect()
+    };
+    let mut total = vec![0.0f32; width];
+    for p in &partials {
+        total.iter_mut().zip(p).for_each(|(t, x)| *t += x);
+    }
+    total
+}

@@ -1,0 +1,135 @@
+//! The buffers behind tensors.
+//!
+//! A `Storage` is a flat, typed buffer on one device. Tensors hold it behind an `Arc`, so cloning
+//! a tensor or taking a view is cheap and shares the buffer. A buffer is never mutated once a
+//! tensor holds it: every op writes a fresh buffer, so a tensor behaves like a value and a view
+//! can never see its parent change under it.
+
+use crate::{DType, Device, Element};
+use half::{bf16, f16};
+use std::borrow::Cow;
+
+/// A typed buffer in host memory.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    BF16(Vec<bf16>),
+    F16(Vec<f16>),
+    U32(Vec<u32>),
+}
+
+/// A buffer on some device. Only the CPU variant exists until the CUDA backend lands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::BF16(_) => DType::BF16,
+            CpuStorage::F16(_) => DType::F16,
+            CpuStorage::U32(_) => DType::U32,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+            CpuStorage::F16(v) => v.len(),
+            CpuStorage::U32(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Wraps a typed vector.
+    pub fn from_vec<T: Element>(data: Vec<T>) -> Self {
+        use bytemuck::allocation::cast_vec;
+        match T::DTYPE {
+            DType::F32 => CpuStorage::F32(cast_vec(data)),
+            DType::BF16 => CpuStorage::BF16(cast_vec(data)),
+            DType::F16 => CpuStorage::F16(cast_vec(data)),
+            DType::U32 => CpuStorage::U32(cast_vec(data)),
+        }
+    }
+
+    /// The buffer as a slice of `T`. Internal invariant: `T` is the buffer's dtype (callers
+    /// match on `dtype()` first), so a mismatch is a bug and panics.
+    pub fn as_slice<T: Element>(&self) -> &[T] {
+        assert_eq!(
+            T::DTYPE,
+            self.dtype(),
+            "CpuStorage::as_slice with the wrong type"
+        );
+        match self {
+            CpuStorage::F32(v) => bytemuck::cast_slice(v),
+            CpuStorage::BF16(v) => bytemuck::cast_slice(v),
+            CpuStorage::F16(v) => bytemuck::cast_slice(v),
+            CpuStorage::U32(v) => bytemuck::cast_slice(v),
+        }
+    }
+
+    /// A zero-filled buffer of `len` elements.
+    pub fn zeros(dtype: DType, len: usize) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(vec![0.0; len]),
+            DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; len]),
+            DType::F16 => CpuStorage::F16(vec![f16::ZERO; len]),
+            DType::U32 => CpuStorage::U32(vec![0; len]),
+        }
+    }
+
+    /// Rounds f32 values into a buffer of `dtype` (no copy for f32; u32 rounds to nearest).
+    pub fn from_f32(values: Vec<f32>, dtype: DType) -> Self {
+        match dtype {
+            DType::F32 => CpuStorage::F32(values),
+            DType::BF16 => CpuStorage::BF16(values.iter().map(|&x| bf16::from_f32(x)).collect()),
+            DType::F16 => CpuStorage::F16(values.iter().map(|&x| f16::from_f32(x)).collect()),
+            DType::U32 => CpuStorage::U32(values.iter().map(|&x| x.round() as u32).collect()),
+        }
+    }
+
+    /// The elements `range` widened to f32: borrowed for f32 buffers, converted otherwise.
+    pub fn f32_range(&self, range: std::ops::Range<usize>) -> Cow<'_, [f32]> {
+        match self {
+            CpuStorage::F32(v) => Cow::Borrowed(&v[range]),
+            CpuStorage::BF16(v) => Cow::Owned(v[range].iter().map(|x| x.to_f32()).collect()),
+            CpuStorage::F16(v) => Cow::Owned(v[range].iter().map(|x| x.to_f32()).collect()),
+            CpuStorage::U32(v) => Cow::Owned(v[range].iter().map(|&x| x as f32).collect()),
+        }
+    }
+
+    /// Copies the elements at `indices` (in order) into a new buffer of the same dtype.
+    pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Self {
+        match self {
+            CpuStorage::F32(v) => CpuStorage::F32(indices.map(|i| v[i]).collect()),
+            CpuStorage::BF16(v) => CpuStorage::BF16(indices.map(|i| v[i]).collect()),
+            CpuStorage::F16(v) => CpuStorage::F16(indices.map(|i| v[i]).collect()),
+            CpuStorage::U32(v) => CpuStorage::U32(indices.map(|i| v[i]).collect()),
+        }
+    }
+
+    /// Size of the buffer in bytes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.len() * self.dtype().size_in_bytes()
+    }
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+}
