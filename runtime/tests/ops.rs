@@ -14,9 +14,13 @@ use odeflow_runtime::reference::{self as r, Array64};
 use odeflow_runtime::{DType, Tensor};
 use proptest::prelude::*;
 
+/// 48 cases per property keeps the suite fast; `PROPTEST_CASES=2000` runs a deeper sweep.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok());
     ProptestConfig {
-        cases: 48,
+        cases: cases.unwrap_or(48),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
@@ -95,6 +99,12 @@ proptest! {
         let c = ew::binary_fwd(op, &a, &b).unwrap();
         assert_close(&c, &r::binary(op, &arr(&a), &arr(&b)), 1.0, op.name());
 
+        // at a tie of maximum, finite differences see the average of the one-sided gradients;
+        // bf16/f16 rounding makes ties likely, so those cases check the forward only
+        let diff = r::binary(BinaryOp::Sub, &arr(&a), &arr(&b));
+        if op == BinaryOp::Maximum && diff.data.contains(&0.0) {
+            return Ok(());
+        }
         let dc = make(c.shape(), layout, dtype, seed ^ 3, -1.0, 1.0);
         let (da, db) = ew::binary_bwd(op, &dc, &a, &b).unwrap();
         let f = |xs: &[Array64]| r::binary(op, &xs[0], &xs[1]);
@@ -181,6 +191,17 @@ proptest! {
     ) {
         let eps = 1e-5;
         let x = make(&[rows, d], layout, dtype, seed, -2.0, 2.0);
+        // a row of nearly equal values (or of tiny values, for RMSNorm) makes the norm
+        // ill-conditioned: rstd is huge, and both the f32 result and the finite differences
+        // lose digits in proportion. Such rows are the conditioning's fault, not the op's.
+        let xa = arr(&x);
+        let spread = |row: &[f64]| {
+            let mean = row.iter().sum::<f64>() / row.len() as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / row.len() as f64;
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64;
+            var.min(ms)
+        };
+        prop_assume!(xa.rows().all(|row| spread(row) > 0.05));
         let w = make(&[d], layout, dtype, seed ^ 1, 0.5, 1.5);
         let b = make(&[d], layout, dtype, seed ^ 2, -0.5, 0.5);
         let dy = make(&[rows, d], layout, dtype, seed ^ 3, -1.0, 1.0);
@@ -261,17 +282,18 @@ proptest! {
     fn matmul_forward_and_backward_with_transposes_and_batch_broadcast(
         m in 1usize..7, k in 1usize..7, n in 1usize..7, batch in 1usize..4,
         a_t in any::<bool>(), b_t in any::<bool>(), b_batched in any::<bool>(),
-        dtype in arb_dtype(), seed in any::<u64>(),
+        lay in arb_layout(), dtype in arb_dtype(), seed in any::<u64>(),
     ) {
-        // an operand stored transposed and viewed back through .t(): same values, other strides
+        // an operand stored transposed and viewed back through .t(): same values, other
+        // strides; `lay` adds a permuted or narrowed (offset) view underneath
         let operand = |rows: usize, cols: usize, lead: Option<usize>, transposed: bool, s: u64| {
             let mut shape: Vec<usize> = lead.into_iter().collect();
             if transposed {
                 shape.extend([cols, rows]);
-                make(&shape, common::Layout::Contiguous, dtype, s, -1.0, 1.0).t().unwrap()
+                make(&shape, lay, dtype, s, -1.0, 1.0).t().unwrap()
             } else {
                 shape.extend([rows, cols]);
-                make(&shape, common::Layout::Contiguous, dtype, s, -1.0, 1.0)
+                make(&shape, lay, dtype, s, -1.0, 1.0)
             }
         };
         let a = operand(m, k, Some(batch), a_t, seed);
@@ -289,10 +311,11 @@ proptest! {
 
     #[test]
     fn causal_attention_forward_and_backward(
-        b in 1usize..3, h in 1usize..3, t in 1usize..6, hd in 1usize..5, seed in any::<u64>(),
+        b in 1usize..3, h in 1usize..3, t in 1usize..6, hd in 1usize..5,
+        lay in arb_layout(), seed in any::<u64>(),
     ) {
+        // q, k, v are views in the model (heads split out of the fused qkv projection)
         let shape = [b, h, t, hd];
-        let lay = common::Layout::Contiguous;
         let (q, k, v) = (
             make(&shape, lay, DType::F32, seed, -1.0, 1.0),
             make(&shape, lay, DType::F32, seed ^ 1, -1.0, 1.0),
