@@ -7,7 +7,6 @@
 //! chunks of rows) and combines partial results in a fixed order, so results do not depend on
 //! the number of threads or on scheduling. Training runs that resume from a checkpoint rely on it.
 
-#[path = "gemm_tmp.rs"]
 pub mod gemm;
 
 use rayon::prelude::*;

@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 /// Below this many multiply-adds per matrix, a batch is split over threads one matrix each,
 /// rather than each product being split: attention's many small [T, hd] x [hd, T] products.
+/// It is 64^3, where the gemm itself starts using threads (see `cpu/gemm/mod.rs`).
 const SMALL_GEMM_MACS: usize = 1 << 18;
 
 /// The (rows, cols) of the last two dims, or an error for rank < 2.
