@@ -75,20 +75,8 @@ fn matmul_cpu(a: &Tensor, b: &Tensor, lead: usize, (m, k, n): (usize, usize, usi
         return c;
     }
     let product = |i: usize, ci: &mut [f32], par: Parallelism| {
-        let am = MatRef {
-            data: &abuf[a_off[i]..],
-            rows: m,
-            cols: k,
-            row_stride: ast[0],
-            col_stride: ast[1],
-        };
-        let bm = MatRef {
-            data: &bbuf[b_off[i]..],
-            rows: k,
-            cols: n,
-            row_stride: bst[0],
-            col_stride: bst[1],
-        };
+        let am = matrix(&abuf[a_off[i]..], (m, k), ast);
+        let bm = matrix(&bbuf[b_off[i]..], (k, n), bst);
         gemm(am, bm, ci, n, false, par);
     };
     if a_off.len() > 1 && m * n * k < SMALL_GEMM_MACS {
@@ -99,6 +87,17 @@ fn matmul_cpu(a: &Tensor, b: &Tensor, lead: usize, (m, k, n): (usize, usize, usi
         chunks.for_each(|(i, ci)| product(i, ci, Parallelism::Rayon));
     }
     c
+}
+
+/// The [rows, cols] matrix starting at `data[0]`, with the strides of a tensor's last two dims.
+fn matrix<'a>(data: &'a [f32], (rows, cols): (usize, usize), strides: &[usize]) -> MatRef<'a> {
+    MatRef {
+        data,
+        rows,
+        cols,
+        row_stride: strides[0],
+        col_stride: strides[1],
+    }
 }
 
 /// da = dc b^T and db = a^T dc, each summed over the batch dims its operand was broadcast along.
