@@ -31,7 +31,8 @@ fn prints_plan_shards_and_summary() {
         "{train}"
     );
     assert!(val.ends_with("val_000000.bin | 152 tokens | u16"), "{val}");
-    let summary = "done | 2 documents | train 1,350 tokens | val 150 tokens | 1.000 bytes/token";
+    let summary =
+        "done | 2 documents | train 1,350 text tokens | val 150 text tokens | 1.000 bytes/token";
     assert!(lines[3].starts_with(summary), "{}", lines[3]);
 }
 
