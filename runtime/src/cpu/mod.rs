@@ -3,6 +3,10 @@
 //! Ops keep their CPU loops beside their shape checks in `crate::ops`; what lives here is what
 //! several ops share: the GEMM and the helpers that split row-wise work over rayon's threads.
 //!
+//! Known shortfall: every op writes a freshly allocated output and no two ops are fused, so a
+//! chain of elementwise ops makes one pass over memory per op. Fine for a CPU reference and for
+//! small models; fused kernels are the GPU backend's job.
+//!
 //! Determinism: every parallel loop here splits work at fixed boundaries (rows, or fixed-size
 //! chunks of rows) and combines partial results in a fixed order, so results do not depend on
 //! the number of threads or on scheduling. Training runs that resume from a checkpoint rely on it.

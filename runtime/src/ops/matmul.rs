@@ -62,6 +62,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The batched product over two views already broadcast to the same batch shape.
+///
+/// Known shortfall: the gemm is f32 only, so bf16/f16 operands are first widened to f32 in a
+/// full copy of their buffers (`f32_buffer`). Correct, but no faster than f32; a native
+/// low-precision path belongs to the GPU backend.
 fn matmul_cpu(a: &Tensor, b: &Tensor, lead: usize, (m, k, n): (usize, usize, usize)) -> Vec<f32> {
     let (abuf, bbuf) = (a.f32_buffer(), b.f32_buffer());
     let (a_off, b_off) = (
