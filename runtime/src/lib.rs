@@ -12,11 +12,13 @@ pub mod device;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod memory;
 pub mod ops;
 pub mod reference;
 pub mod rng;
 pub mod storage;
 pub mod tensor;
+pub mod testing;
 
 pub use device::Device;
 pub use dtype::{DType, Element};

@@ -308,6 +308,61 @@ pub fn cat(xs: &[Array64], dim: usize) -> Array64 {
     Array64::new(&shape, data)
 }
 
+/// The axes reordered: out[i_0 .. i_n] = x[j] with j[perm[d]] = i_d.
+pub fn permute(x: &Array64, perm: &[usize]) -> Array64 {
+    let shape: Vec<usize> = perm.iter().map(|&p| x.shape[p]).collect();
+    let strides = x.strides();
+    let mut out = Array64::zeros(&shape);
+    for o in 0..out.numel() {
+        let index = out.unravel(o);
+        let pos: usize = perm.iter().zip(&index).map(|(&p, &i)| i * strides[p]).sum();
+        out.data[o] = x.data[pos];
+    }
+    out
+}
+
+/// The elements `start .. start + len` of `dim`.
+pub fn narrow(x: &Array64, dim: usize, start: usize, len: usize) -> Array64 {
+    let mut shape = x.shape.clone();
+    shape[dim] = len;
+    let strides = x.strides();
+    let mut out = Array64::zeros(&shape);
+    for o in 0..out.numel() {
+        let mut index = out.unravel(o);
+        index[dim] += start;
+        out.data[o] = x.data[index
+            .iter()
+            .zip(&strides)
+            .map(|(i, s)| i * s)
+            .sum::<usize>()];
+    }
+    out
+}
+
+/// `x` repeated along its size-1 (and missing leading) dims to fill `shape`.
+pub fn broadcast_to(x: &Array64, shape: &[usize]) -> Array64 {
+    let mut out = Array64::zeros(shape);
+    for o in 0..out.numel() {
+        out.data[o] = x.data[broadcast_pos(x, &out.unravel(o))];
+    }
+    out
+}
+
+/// The strictly-upper triangle of the last two dims (key j > query i) set to `value`.
+pub fn causal_mask_fill(x: &Array64, value: f64) -> Array64 {
+    let t = x.row_len();
+    let mut out = x.clone();
+    for (r, row) in out.data.chunks_mut(t.max(1)).enumerate() {
+        row[r % t + 1..].fill(value);
+    }
+    out
+}
+
+/// The sum of every element, as a scalar array.
+pub fn sum_all(x: &Array64) -> Array64 {
+    Array64::new(&[], vec![x.data.iter().sum()])
+}
+
 /// The gradient of `sum(f(inputs) * dy)` with respect to input `which`, by central differences:
 /// (L(x + h e_i) - L(x - h e_i)) / 2h for every element i. With h = 1e-6 in f64 the truncation
 /// error is ~h^2 and the rounding error ~1e-16 / h: about 1e-10 in all.

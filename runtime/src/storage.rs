@@ -3,8 +3,10 @@
 //! A `Storage` is a flat, typed buffer on one device. Tensors hold it behind an `Arc`, so cloning
 //! a tensor or taking a view is cheap and shares the buffer. A buffer is never mutated once a
 //! tensor holds it: every op writes a fresh buffer, so a tensor behaves like a value and a view
-//! can never see its parent change under it.
+//! can never see its parent change under it. Each storage is charged to the memory meter
+//! (`crate::memory`) for as long as it lives.
 
+use crate::memory::Charge;
 use crate::{DType, Device, Element};
 use half::{bf16, f16};
 use std::borrow::Cow;
@@ -20,8 +22,15 @@ pub enum CpuStorage {
 
 /// A buffer on some device. Only the CPU variant exists until the CUDA backend lands.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Storage {
+pub enum Buffer {
     Cpu(CpuStorage),
+}
+
+/// A buffer plus its entry on the memory meter: the bytes are refunded when it is dropped.
+#[derive(Debug)]
+pub struct Storage {
+    buffer: Buffer,
+    _charge: Charge,
 }
 
 impl CpuStorage {
@@ -120,16 +129,61 @@ impl CpuStorage {
     }
 }
 
-impl Storage {
+impl Buffer {
     pub fn device(&self) -> Device {
         match self {
-            Storage::Cpu(_) => Device::Cpu,
+            Buffer::Cpu(_) => Device::Cpu,
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
-            Storage::Cpu(s) => s.dtype(),
+            Buffer::Cpu(s) => s.dtype(),
         }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Buffer::Cpu(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.len() * self.dtype().size_in_bytes()
+    }
+}
+
+impl Storage {
+    /// Takes ownership of `buffer` and charges its bytes to the memory meter.
+    pub fn new(buffer: Buffer) -> Storage {
+        let charge = Charge::new(buffer.size_in_bytes());
+        Storage {
+            buffer,
+            _charge: charge,
+        }
+    }
+
+    pub fn buffer(&self) -> &Buffer {
+        &self.buffer
+    }
+
+    pub fn device(&self) -> Device {
+        self.buffer.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.buffer.dtype()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buffer.is_empty()
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::layout::{broadcast_shape, Layout};
 use crate::rng::Rng;
-use crate::storage::{CpuStorage, Storage};
+use crate::storage::{Buffer, CpuStorage, Storage};
 use crate::{DType, Device, Element, Error, Result};
 use std::borrow::Cow;
 use std::fmt;
@@ -35,7 +35,7 @@ impl fmt::Debug for Tensor {
 impl Tensor {
     /// Wraps a storage and a layout. The layout must fit inside the storage.
     pub(crate) fn from_parts(storage: Arc<Storage>, layout: Layout) -> Tensor {
-        debug_assert!(layout.max_extent() <= storage_len(&storage));
+        debug_assert!(layout.max_extent() <= storage.len());
         Tensor { storage, layout }
     }
 
@@ -43,7 +43,8 @@ impl Tensor {
     /// shape's element count.
     pub(crate) fn from_cpu(data: CpuStorage, shape: &[usize]) -> Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
-        Tensor::from_parts(Arc::new(Storage::Cpu(data)), Layout::contiguous(shape))
+        let storage = Storage::new(Buffer::Cpu(data));
+        Tensor::from_parts(Arc::new(storage), Layout::contiguous(shape))
     }
 
     /// A contiguous tensor of `dtype` holding `values` rounded to that dtype. Internal: the
@@ -295,8 +296,8 @@ impl Tensor {
 impl Tensor {
     /// The CPU buffer. Every op dispatches on the device before calling this.
     pub(crate) fn cpu(&self) -> &CpuStorage {
-        match self.storage.as_ref() {
-            Storage::Cpu(s) => s,
+        match self.storage.buffer() {
+            Buffer::Cpu(s) => s,
         }
     }
 
@@ -384,12 +385,6 @@ impl Tensor {
                 rhs: shape.to_vec(),
             })
         }
-    }
-}
-
-fn storage_len(storage: &Storage) -> usize {
-    match storage {
-        Storage::Cpu(s) => s.len(),
     }
 }
 
