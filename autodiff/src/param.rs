@@ -1,0 +1,114 @@
+//! Parameters: the leaves whose values and gradients outlive a forward pass.
+//!
+//! A `Param` is a shared handle (cloning it is cheap and gives the same parameter). The model
+//! owns its parameters; each forward pass lifts them onto its tape with `Tape::param`, and the
+//! backward walk *accumulates* (`+=`) their gradients into the parameter's own buffer, so several
+//! backward passes (gradient accumulation over micro-batches) add up until `zero_grad`. The
+//! optimiser reads `grad` and writes `set_value`.
+//!
+//! Handles use `Rc`: a model and its tapes live on one thread (the runtime parallelises inside
+//! each op instead).
+
+use crate::{Error, Result};
+use odeflow_runtime::Tensor;
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+
+/// A named, trainable tensor with a persistent gradient buffer.
+#[derive(Clone)]
+pub struct Param {
+    inner: Rc<ParamInner>,
+}
+
+struct ParamInner {
+    name: String,
+    value: RefCell<Tensor>,
+    grad: RefCell<Option<Tensor>>,
+}
+
+impl Param {
+    pub fn new(name: impl Into<String>, value: Tensor) -> Param {
+        let inner = ParamInner {
+            name: name.into(),
+            value: RefCell::new(value),
+            grad: RefCell::new(None),
+        };
+        Param {
+            inner: Rc::new(inner),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current value (a cheap handle to its buffer).
+    pub fn value(&self) -> Tensor {
+        self.inner.value.borrow().clone()
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.inner.value.borrow().shape().to_vec()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.inner.value.borrow().numel()
+    }
+
+    /// Replaces the value (an optimiser step, a loaded checkpoint). The shape and dtype must stay
+    /// the same: a model's structure does not change under it.
+    pub fn set_value(&self, value: Tensor) -> Result<()> {
+        self.check_like(&value)?;
+        *self.inner.value.borrow_mut() = value;
+        Ok(())
+    }
+
+    /// The gradient summed over every backward pass since the last `zero_grad`, or `None` if no
+    /// pass has reached this parameter.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.inner.grad.borrow().clone()
+    }
+
+    /// Forgets the accumulated gradient (and frees its buffer).
+    pub fn zero_grad(&self) {
+        *self.inner.grad.borrow_mut() = None;
+    }
+
+    /// Whether two handles are the same parameter.
+    pub fn same(&self, other: &Param) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// grad += dvalue. The stored gradient is always a contiguous buffer of its own.
+    pub(crate) fn accumulate_grad(&self, dvalue: &Tensor) -> Result<()> {
+        self.check_like(dvalue)?;
+        let mut grad = self.inner.grad.borrow_mut();
+        let sum = match grad.as_ref() {
+            None => dvalue.contiguous()?,
+            Some(old) => old.add(dvalue)?,
+        };
+        *grad = Some(sum);
+        Ok(())
+    }
+
+    fn check_like(&self, t: &Tensor) -> Result<()> {
+        let value = self.inner.value.borrow();
+        if t.shape() == value.shape() && t.dtype() == value.dtype() {
+            return Ok(());
+        }
+        Err(Error::ParamMismatch {
+            name: self.inner.name.clone(),
+            want: value.shape().to_vec(),
+            want_dtype: value.dtype(),
+            got: t.shape().to_vec(),
+            got_dtype: t.dtype(),
+        })
+    }
+}
+
+impl fmt::Debug for Param {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Param({}, {:?})", self.name(), self.value())
+    }
+}
