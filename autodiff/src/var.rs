@@ -405,10 +405,13 @@ impl Var {
         self.tape.record1("broadcast_to", &[self], saved, y)
     }
 
-    /// Inserts a size-1 dim at `dim` (a reshape).
+    /// Inserts a size-1 dim at `dim` (a view; its backward is a reshape back).
     pub fn unsqueeze(&self, dim: usize) -> Result<Var> {
         let y = self.value.unsqueeze(dim)?;
-        self.reshape(y.shape())
+        let saved = Op::Reshape {
+            x_shape: self.shape().to_vec(),
+        };
+        self.tape.record1("unsqueeze", &[self], saved, y)
     }
 
     /// A row-major copy (or `self`'s buffer, if already row-major).

@@ -1,4 +1,10 @@
 //! Elementwise ops: unary functions, binary ops with broadcasting, and scalar affine maps.
+//!
+//! Known shortfall (measured in `bench/RESULTS.md`, tape overhead section): these loops are
+//! scalar, call libm per element (tanh, exp), and write a freshly allocated buffer each time.
+//! GELU on a [256, 1024] tensor takes about twice as long as the [256, 1024] x [1024, 256]
+//! matmul beside it, and a 1 MiB add runs near 1-2 GB/s, far below memory bandwidth. A CPU
+//! training step pays for it; a vectorised tanh/exp and reused buffers would fix it.
 
 use crate::cpu;
 use crate::{Device, Result, Tensor};
