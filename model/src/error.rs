@@ -1,0 +1,38 @@
+//! The model crate's errors: bad configs, bad checkpoints, and everything the layers below raise.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An op or the tape failed (shapes, dtypes, a stale pass): the autodiff error, unchanged.
+    #[error(transparent)]
+    Autodiff(#[from] odeflow_autodiff::Error),
+
+    #[error("config: {msg}")]
+    Config { msg: String },
+
+    #[error("config file {path}: {msg}")]
+    ConfigFile { path: PathBuf, msg: String },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A checkpoint that cannot be read, or that does not fit the model it is loaded into.
+    #[error("checkpoint {path}: {msg}")]
+    Checkpoint { path: PathBuf, msg: String },
+
+    #[error("input: {msg}")]
+    Input { msg: String },
+}
+
+impl From<odeflow_runtime::Error> for Error {
+    fn from(e: odeflow_runtime::Error) -> Error {
+        Error::Autodiff(e.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,68 @@
+//! The vanilla GPT-2 baseline (MODEL.md section 7): L separate pre-LN sequential blocks,
+//! x += attn(ln_1(x)); x += mlp(ln_2(x)), tied embeddings. It shares the stem, the attention and
+//! MLP branches and the per-step checkpointing with the ODE models; its parameters carry Hugging
+//! Face's GPT-2 names.
+
+use crate::block::{self, BlockKind, BlockWeights, FixedBlock, GPT2_SEQUENTIAL_SLOTS};
+use crate::config::Config;
+use crate::init::Init;
+use crate::layers::Dropout;
+use crate::model::{dropout_seeds, Forward};
+use crate::solver::run_step;
+use crate::stem::Stem;
+use crate::temporal::INIT_STD;
+use odeflow_autodiff::{Param, Result, Tape, Var};
+use odeflow_runtime::Tensor;
+
+pub struct Gpt2 {
+    cfg: Config,
+    params: Vec<Param>,
+    stem: Stem,
+    layers: Vec<FixedBlock>,
+}
+
+impl Gpt2 {
+    /// GPT-2's initialisation: N(0, 0.02^2) matrices, the two residual projections scaled by
+    /// 1/sqrt(2L) so the residual stream's variance does not grow with depth.
+    pub fn new(cfg: &Config, seed: u64) -> Gpt2 {
+        let mut init = Init::new(seed);
+        let stem = Stem::new(&mut init, cfg);
+        let proj_std = INIT_STD / (2.0 * cfg.n_steps as f32).sqrt();
+        let layers = (0..cfg.n_steps)
+            .map(|i| {
+                let prefix = format!("h.{i}");
+                FixedBlock::new(&mut init, &prefix, BlockKind::Gpt, &GPT2_SEQUENTIAL_SLOTS, cfg, proj_std)
+            })
+            .collect();
+        Gpt2 {
+            cfg: cfg.clone(),
+            params: init.finish(),
+            stem,
+            layers,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// Shapes: ids [B, T] (u32) -> logits [B, T, V]
+    pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
+        let (embed_seed, seeds) = dropout_seeds(fwd.dropout_seed, self.layers.len());
+        let mut x = self.stem.embed(tape, ids, embed_seed)?;
+        let (n_heads, p) = (self.cfg.n_heads, self.cfg.dropout);
+        for (layer, seed) in self.layers.iter().zip(seeds) {
+            let inputs: Vec<Var> = std::iter::once(x).chain(layer.lift(tape).vars()).collect();
+            let step = move |args: &[Var]| {
+                let w = BlockWeights::from_vars(BlockKind::Gpt, &args[1..]);
+                block::sequential_block(&args[0], &w, n_heads, &mut Dropout::new(p, seed))
+            };
+            x = run_step(fwd.grad, &inputs, step)?;
+        }
+        self.stem.logits(tape, &x)
+    }
+}

@@ -1,0 +1,156 @@
+//! `Model`: one type for every model a config can describe, so the binaries (train, eval,
+//! sample) treat them alike.
+
+use crate::config::{Config, ModelKind};
+use crate::discrete::Discrete;
+use crate::gpt2::Gpt2;
+use crate::ode::NeuralOde;
+use crate::solver::{GradMode, Solver};
+use crate::{Error, Result};
+use odeflow_autodiff::{Param, Tape, Var};
+use odeflow_runtime::{DType, Rng, Tensor};
+
+/// How to run one forward pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forward {
+    /// Training: the seed of this pass's dropout masks. `None`: evaluation, no dropout.
+    pub dropout_seed: Option<u64>,
+    /// Solver steps of an ODE model (`None`: the config's L). A discrete model or GPT-2 has a
+    /// fixed depth and refuses any other.
+    pub steps: Option<usize>,
+    pub solver: Solver,
+    pub grad: GradMode,
+}
+
+impl Forward {
+    /// Evaluation at the config's depth: no dropout, Euler, per-step checkpointing.
+    pub fn eval() -> Forward {
+        Forward::default()
+    }
+
+    /// Training with the dropout masks of `seed`.
+    pub fn train(seed: u64) -> Forward {
+        Forward {
+            dropout_seed: Some(seed),
+            ..Forward::default()
+        }
+    }
+}
+
+/// The seed of the embedding dropout and of each of `n` steps, all drawn from `seed`.
+pub(crate) fn dropout_seeds(seed: Option<u64>, n: usize) -> (Option<u64>, Vec<Option<u64>>) {
+    match seed {
+        None => (None, vec![None; n]),
+        Some(s) => {
+            let mut rng = Rng::new(s);
+            let embed = rng.next_u64();
+            (Some(embed), (0..n).map(|_| Some(rng.next_u64())).collect())
+        }
+    }
+}
+
+pub enum Model {
+    /// `neural-ode` or `llama-ode`: one block, solved as an ODE.
+    Ode(NeuralOde),
+    /// An ODE model re-discretised into ordinary layers (`NeuralOde::to_discrete`).
+    Discrete(Discrete),
+    /// The vanilla baseline.
+    Gpt2(Gpt2),
+}
+
+impl Model {
+    /// A freshly initialised model of `cfg`, every parameter drawn from (seed, its name).
+    pub fn new(cfg: &Config, seed: u64) -> Result<Model> {
+        cfg.validate()?;
+        Ok(match (cfg.model, cfg.discrete) {
+            (ModelKind::Gpt2, _) => Model::Gpt2(Gpt2::new(cfg, seed)),
+            (_, true) => Model::Discrete(Discrete::new(cfg, seed)),
+            (_, false) => Model::Ode(NeuralOde::new(cfg, seed)),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        match self {
+            Model::Ode(m) => m.config(),
+            Model::Discrete(m) => m.config(),
+            Model::Gpt2(m) => m.config(),
+        }
+    }
+
+    /// Every parameter, in a fixed order (the checkpoint's).
+    pub fn params(&self) -> &[Param] {
+        match self {
+            Model::Ode(m) => m.params(),
+            Model::Discrete(m) => m.params(),
+            Model::Gpt2(m) => m.params(),
+        }
+    }
+
+    /// The number of trainable numbers (equal to `Config::param_count`, as a test checks).
+    pub fn param_count(&self) -> usize {
+        self.params().iter().map(Param::numel).sum()
+    }
+
+    /// Vector-field evaluations of one forward pass (the layer count for GPT-2 and discrete
+    /// models).
+    pub fn nfe(&self, fwd: &Forward) -> usize {
+        match self {
+            Model::Ode(m) => fwd.solver.nfe(fwd.steps.unwrap_or(m.config().n_steps)),
+            _ => self.config().n_steps,
+        }
+    }
+
+    /// The logits of every position.
+    ///
+    /// Shapes: ids [B, T] (u32, T <= seq_len) -> logits [B, T, V]
+    pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
+        self.check_input(ids, fwd)?;
+        Ok(match self {
+            Model::Ode(m) => m.forward(tape, ids, fwd)?,
+            Model::Discrete(m) => m.forward(tape, ids, fwd)?,
+            Model::Gpt2(m) => m.forward(tape, ids, fwd)?,
+        })
+    }
+
+    /// The mean next-token cross-entropy of predicting `targets` from `ids`.
+    ///
+    /// Shapes: ids, targets [B, T] (u32) -> [] (nats per token)
+    pub fn loss(&self, tape: &Tape, ids: &Tensor, targets: &Tensor, fwd: &Forward) -> Result<Var> {
+        if targets.shape() != ids.shape() {
+            let msg = format!("targets {:?} must match ids {:?}", targets.shape(), ids.shape());
+            return Err(Error::Input { msg });
+        }
+        let logits = self.forward(tape, ids, fwd)?;
+        let rows = ids.numel();
+        let v = self.config().vocab_size;
+        let flat = logits.reshape(&[rows, v])?;
+        Ok(flat.cross_entropy(&targets.reshape(&[rows])?, None)?)
+    }
+
+    fn check_input(&self, ids: &Tensor, fwd: &Forward) -> Result<()> {
+        let cfg = self.config();
+        let bad = |msg: String| Err(Error::Input { msg });
+        if ids.rank() != 2 || ids.dtype() != DType::U32 {
+            return bad(format!("ids must be a [B, T] u32 tensor, got {:?} {}", ids.shape(), ids.dtype()));
+        }
+        if ids.shape()[1] > cfg.seq_len {
+            let t = ids.shape()[1];
+            return bad(format!(
+                "a sequence of {t} tokens is longer than the model's context of {}; \
+                 keep the last {} tokens or use a model with a longer seq_len",
+                cfg.seq_len, cfg.seq_len
+            ));
+        }
+        let fixed_depth = !matches!(self, Model::Ode(_));
+        match fwd.steps {
+            Some(n) if n == 0 => bad("the step count must be at least 1".into()),
+            Some(n) if fixed_depth && n != cfg.n_steps => bad(format!(
+                "this {} model has a fixed depth of {} layers; only an ODE model runs at another \
+                 step count (convert one with to_discrete for a new depth)",
+                if cfg.discrete { "re-discretised" } else { cfg.model.name() },
+                cfg.n_steps
+            )),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The neural ODE transformer (MODEL.md sections 1-6): embeddings, one time-dependent block
+//! solved as an ODE over t in [0, 1], the final norm and the head.
+//!
+//!     X_0 = embed(ids)
+//!     dX/dt = F(X, t),   F's weights generated from t by the hypernetworks
+//!     logits = head(X(1))
+
+use crate::block::{self, BlockKind, BlockWeights, FixedBlock, TemporalBlock};
+use crate::config::Config;
+use crate::discrete::Discrete;
+use crate::init::Init;
+use crate::layers::Dropout;
+use crate::model::{dropout_seeds, Forward};
+use crate::solver::{Field, FieldFn, Solver};
+use crate::stem::Stem;
+use crate::time::phi_rows;
+use odeflow_autodiff::{Param, Result, Tape, Var};
+use odeflow_runtime::Tensor;
+use std::rc::Rc;
+
+pub struct NeuralOde {
+    cfg: Config,
+    params: Vec<Param>,
+    stem: Stem,
+    block: TemporalBlock,
+}
+
+impl NeuralOde {
+    /// A freshly initialised model (`cfg` already validated, `cfg.model` an ODE kind).
+    pub fn new(cfg: &Config, seed: u64) -> NeuralOde {
+        let mut init = Init::new(seed);
+        let stem = Stem::new(&mut init, cfg);
+        let block = TemporalBlock::new(&mut init, cfg);
+        NeuralOde {
+            cfg: cfg.clone(),
+            params: init.finish(),
+            stem,
+            block,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn params(&self) -> &[Param] {
+        &self.params
+    }
+
+    /// The block's weights at each time in `ts`, from one batched product per module.
+    ///
+    /// Shapes: ts [N] -> N x BlockWeights
+    pub fn weights_at(&self, tape: &Tape, ts: &[f64]) -> Result<Vec<BlockWeights>> {
+        let phi = tape.constant(phi_rows(ts, self.cfg.sinusoidal_dim));
+        self.block.at(tape, &phi)
+    }
+
+    /// Logits of every position, after solving with `fwd.solver` in `fwd.steps` steps (the
+    /// config's L by default).
+    ///
+    /// Shapes: ids [B, T] (u32) -> logits [B, T, V]
+    pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
+        let n = fwd.steps.unwrap_or(self.cfg.n_steps);
+        let ts = fwd.solver.eval_times(n);
+        let (embed_seed, seeds) = dropout_seeds(fwd.dropout_seed, ts.len());
+        let x0 = self.stem.embed(tape, ids, embed_seed)?;
+        let weights = self.weights_at(tape, &ts)?;
+        let field = Field {
+            f: field_fn(&self.cfg),
+            weights: weights.iter().map(BlockWeights::vars).collect(),
+            seeds,
+        };
+        let x1 = fwd.solver.solve(&x0, &field, n, fwd.grad)?;
+        self.stem.logits(tape, &x1)
+    }
+
+    /// The ordinary `n_steps`-layer parallel-block transformer whose layer i holds the weights
+    /// at t_i = (i + 1) / n_steps and computes x + (1/n_steps) F_i(x) (MODEL.md section 10).
+    /// With n_steps = L its logits are the ODE model's. The copy owns new parameters, so
+    /// fine-tuning it leaves this model unchanged.
+    pub fn to_discrete(&self, n_steps: usize) -> Result<Discrete> {
+        let tape = Tape::new();
+        let ts = Solver::Euler.eval_times(n_steps);
+        let weights = tape.no_grad(|| self.weights_at(&tape, &ts))?;
+        let cfg = Config {
+            n_steps,
+            discrete: true,
+            ..self.cfg.clone()
+        };
+        let kind = BlockKind::of(&cfg);
+        let mut init = Init::new(0);
+        let stem = self.stem.copy_into(&mut init);
+        let layers = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let values: Vec<Tensor> = w
+                    .vars()
+                    .iter()
+                    .map(|v| v.value().contiguous())
+                    .collect::<std::result::Result<_, _>>()?;
+                Ok(FixedBlock::from_values(&mut init, &format!("layers.{i}"), kind, values))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Discrete::from_parts(cfg, init.finish(), stem, layers))
+    }
+}
+
+/// F(x; w) of a `cfg` block, as the pure function the solver wants.
+pub fn field_fn(cfg: &Config) -> Rc<FieldFn> {
+    let (kind, n_heads, p) = (BlockKind::of(cfg), cfg.n_heads, cfg.dropout);
+    Rc::new(move |x: &Var, w: &[Var], seed: Option<u64>| {
+        let w = BlockWeights::from_vars(kind, w);
+        block::field(x, &w, n_heads, &mut Dropout::new(p, seed))
+    })
+}

@@ -1,0 +1,162 @@
+//! Time-dependent weights: the hypernetwork h(t), the temporal linear and the temporal norm
+//! (MODEL.md sections 3 and 4).
+//!
+//!     h(t) = lin2( silu( lin1( phi(t) ) ) )        lin1: (2S+1) -> E, lin2: E -> E
+//!     W(t) = W0 + sum_k h_k(t) W_k,   b(t) = sum_k h_k(t) B_k
+//!     LN_t(x) = (1 + h(t) G) * normalise(x) + h(t) Bn
+//!
+//! Every module asks for its weights at all N evaluation times of a solve at once. W0 and the
+//! W_k are stored stacked as one [E+1, d_in, d_out] parameter F (row 0 is W0), so that with
+//! rows [1, h(t_j)] the weights of every step are a single product:
+//!
+//!     [N, E+1] x [E+1, d_in d_out]  ->  [N, d_in d_out]
+//!
+//! Its backward (the tape's matmul rule) is dF = Hᵀ dW, a sum over the steps, and dH = dW Fᵀ.
+//! The result is split into N per-step views without a copy; the split's backward joins the N
+//! per-step gradients with one copy.
+
+use crate::init::Init;
+use crate::layers::{Linear, Norm, NormKind};
+use odeflow_autodiff::{Param, Result, Tape, Var};
+use odeflow_runtime::{DType, Tensor};
+
+/// The std of every weight matrix at initialisation (MODEL.md section 3).
+pub const INIT_STD: f32 = 0.02;
+/// The B_k of b(t) start at this times a standard normal, so b(t) is tiny but not zero.
+pub const BIAS_INIT_STD: f32 = 1e-4;
+
+/// The small MLP that turns phi(t) into the E coefficients h(t).
+pub struct HyperNet {
+    /// [2S+1, E], [E]
+    lin1: (Param, Param),
+    /// [E, E], [E]
+    lin2: (Param, Param),
+}
+
+impl HyperNet {
+    /// Weights N(0, 0.02^2), biases 0, under `{prefix}.hyper.lin{1,2}.{weight,bias}`.
+    pub fn new(init: &mut Init, prefix: &str, phi_dim: usize, e: usize) -> HyperNet {
+        let mut linear = |name: &str, d_in: usize| {
+            let w = init.normal(&format!("{prefix}.hyper.{name}.weight"), &[d_in, e], INIT_STD);
+            let b = init.zeros(&format!("{prefix}.hyper.{name}.bias"), &[e]);
+            (w, b)
+        };
+        let lin1 = linear("lin1", phi_dim);
+        let lin2 = linear("lin2", e);
+        HyperNet { lin1, lin2 }
+    }
+
+    /// h(t_j) for each row phi(t_j).
+    ///
+    /// Shapes: phi [N, 2S+1] -> h [N, E]
+    pub fn forward(&self, tape: &Tape, phi: &Var) -> Result<Var> {
+        let lift = |(w, b): &(Param, Param)| Linear {
+            w: tape.param(w),
+            b: Some(tape.param(b)),
+        };
+        lift(&self.lin2).forward(&lift(&self.lin1).forward(phi)?.silu()?)
+    }
+}
+
+/// A linear map whose weight and bias are functions of t.
+pub struct TemporalLinear {
+    hyper: HyperNet,
+    /// F = [W0; W_1 .. W_E]: [E+1, d_in, d_out]
+    weight: Param,
+    /// [B_1 .. B_E]: [E, d_out], or none (the Llama variant has no bias)
+    bias: Option<Param>,
+}
+
+impl TemporalLinear {
+    /// W0 = 0, W_k ~ N(0, 0.02^2), B_k ~ 1e-4 N(0, 1) (MODEL.md section 3), under
+    /// `{prefix}.weight`, `{prefix}.bias` and `{prefix}.hyper.*`.
+    pub fn new(init: &mut Init, prefix: &str, dims: (usize, usize), phi_dim: usize, e: usize, bias: bool) -> TemporalLinear {
+        let (d_in, d_out) = dims;
+        let hyper = HyperNet::new(init, prefix, phi_dim, e);
+        let name = format!("{prefix}.weight");
+        let w_k = Tensor::randn(&[e, d_in, d_out], 0.0, INIT_STD, DType::F32, &mut init.stream(&name));
+        let w0 = Tensor::zeros(&[1, d_in, d_out], DType::F32);
+        let stacked = Tensor::cat(&[w0, w_k], 0).expect("same trailing dims");
+        let weight = init.value(&name, stacked);
+        let bias = bias.then(|| init.normal(&format!("{prefix}.bias"), &[e, d_out], BIAS_INIT_STD));
+        TemporalLinear {
+            hyper,
+            weight,
+            bias,
+        }
+    }
+
+    /// W(t_j) and b(t_j) at every time of `phi`, as one product each (see the module docs).
+    ///
+    /// Shapes: phi [N, 2S+1] -> N x (w [d_in, d_out], b [d_out])
+    pub fn at(&self, tape: &Tape, phi: &Var) -> Result<Vec<Linear>> {
+        let n = phi.shape()[0];
+        let (e1, d_in, d_out) = dims3(&self.weight);
+        let h = self.hyper.forward(tape, phi)?; // [N, E]
+        let ones = tape.constant(Tensor::ones(&[n, 1], DType::F32));
+        let rows = Var::cat(&[&ones, &h], 1)?; // [N, E+1]: [1, h(t_j)]
+        let stacked = tape.param(&self.weight).reshape(&[e1, d_in * d_out])?;
+        let w = rows.matmul(&stacked)?.reshape(&[n, d_in, d_out])?;
+        let ws = per_step(&w)?;
+        let bs = match &self.bias {
+            Some(b) => per_step(&h.matmul(&tape.param(b))?)?.into_iter().map(Some).collect(),
+            None => vec![None; n],
+        };
+        let linear = |(w, b)| Linear { w, b };
+        Ok(ws.into_iter().zip(bs).map(linear).collect())
+    }
+}
+
+/// A LayerNorm or RMSNorm whose scale and shift are functions of t.
+pub struct TemporalNorm {
+    kind: NormKind,
+    eps: f32,
+    hyper: HyperNet,
+    /// G: [E, D]
+    gain: Param,
+    /// Bn: [E, D]
+    shift: Param,
+}
+
+impl TemporalNorm {
+    /// G = Bn = 0, so the norm starts as the plain affine-free one (MODEL.md section 4), under
+    /// `{prefix}.gain`, `{prefix}.shift` and `{prefix}.hyper.*`.
+    pub fn new(init: &mut Init, prefix: &str, kind: NormKind, eps: f32, d: usize, phi_dim: usize, e: usize) -> TemporalNorm {
+        TemporalNorm {
+            kind,
+            eps,
+            hyper: HyperNet::new(init, prefix, phi_dim, e),
+            gain: init.zeros(&format!("{prefix}.gain"), &[e, d]),
+            shift: init.zeros(&format!("{prefix}.shift"), &[e, d]),
+        }
+    }
+
+    /// The norm at every time of `phi`: weight 1 + h(t_j) G and bias h(t_j) Bn.
+    ///
+    /// Shapes: phi [N, 2S+1] -> N x (weight [D], bias [D])
+    pub fn at(&self, tape: &Tape, phi: &Var) -> Result<Vec<Norm>> {
+        let h = self.hyper.forward(tape, phi)?; // [N, E]
+        let weights = per_step(&h.matmul(&tape.param(&self.gain))?.add_scalar(1.0)?)?;
+        let biases = per_step(&h.matmul(&tape.param(&self.shift))?)?;
+        let norm = |(w, b)| Norm {
+            kind: self.kind,
+            eps: self.eps,
+            weight: Some(w),
+            bias: Some(b),
+        };
+        Ok(weights.into_iter().zip(biases).map(norm).collect())
+    }
+}
+
+/// Splits [N, ..] into N views of shape [..] (one tape node for all of them).
+fn per_step(x: &Var) -> Result<Vec<Var>> {
+    let n = x.shape()[0];
+    let inner = x.shape()[1..].to_vec();
+    let pieces = x.split(&vec![1; n], 0)?;
+    pieces.iter().map(|p| p.reshape(&inner)).collect()
+}
+
+fn dims3(p: &Param) -> (usize, usize, usize) {
+    let s = p.shape();
+    (s[0], s[1], s[2])
+}
