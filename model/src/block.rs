@@ -1,9 +1,11 @@
 //! The block: the vector field F(X, t) of MODEL.md sections 1, 5 and 6, and the sequential
 //! GPT-2 block of section 7.
 //!
-//!     GPT-2 variant:  F(X, t) = Attn_t(LN^a_t(X)) + MLP_t(LN^m_t(X))
-//!     Llama variant:  F(X, t) = Attn_t(N1_t(X)) + SwiGLU_t(N2_t(X))      (parallel form)
-//!                     F(X, t) = Attn_t(N1_t(X)) + SwiGLU_t(N2_t(N1_t(X))) (reference form)
+//! ```text
+//! GPT-2 variant:  F(X, t) = Attn_t(LN^a_t(X)) + MLP_t(LN^m_t(X))
+//! Llama variant:  F(X, t) = Attn_t(N1_t(X)) + SwiGLU_t(N2_t(X))      (parallel form)
+//!                 F(X, t) = Attn_t(N1_t(X)) + SwiGLU_t(N2_t(N1_t(X))) (reference form)
+//! ```
 //!
 //! `BlockWeights` are the weights of one evaluation (one t, or one discrete layer). They flatten
 //! to a fixed list of `Var`s and back (`vars`, `from_vars`), because the solver passes them into
@@ -117,6 +119,8 @@ pub struct LlamaWeights {
     pub down: Linear,
 }
 
+// a few per forward pass, moved rarely: boxing the larger variant would buy nothing
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BlockWeights {
     Gpt(GptWeights),
@@ -137,7 +141,11 @@ impl BlockWeights {
             ),
         };
         // the slot order: norm 1, the attention linears, norm 2, the MLP linears
-        let split = if matches!(self, BlockWeights::Gpt(_)) { 2 } else { 4 };
+        let split = if matches!(self, BlockWeights::Gpt(_)) {
+            2
+        } else {
+            4
+        };
         let mut out = norms[0].vars();
         linears[..split].iter().for_each(|l| out.extend(l.vars()));
         out.extend(norms[1].vars());
@@ -225,7 +233,8 @@ fn rms_norm(weight: Var, bias: Var) -> Norm {
 pub fn field(x: &Var, w: &BlockWeights, n_heads: usize, drop: &mut Dropout) -> Result<Var> {
     let (attn, mlp) = match w {
         BlockWeights::Gpt(w) => {
-            let attn = layers::gpt_attention(&w.ln_a.forward(x)?, &w.c_attn, &w.attn_proj, n_heads)?;
+            let attn =
+                layers::gpt_attention(&w.ln_a.forward(x)?, &w.c_attn, &w.attn_proj, n_heads)?;
             let mlp = layers::gpt_mlp(&w.ln_m.forward(x)?, &w.c_fc, &w.mlp_proj)?;
             (attn, mlp)
         }
@@ -245,10 +254,19 @@ pub fn field(x: &Var, w: &BlockWeights, n_heads: usize, drop: &mut Dropout) -> R
 /// The vanilla GPT-2 layer: x += attn(ln_1(x)); x += mlp(ln_2(x)) (MODEL.md section 7).
 ///
 /// Shapes: x [B, T, D] -> [B, T, D]
-pub fn sequential_block(x: &Var, w: &BlockWeights, n_heads: usize, drop: &mut Dropout) -> Result<Var> {
+pub fn sequential_block(
+    x: &Var,
+    w: &BlockWeights,
+    n_heads: usize,
+    drop: &mut Dropout,
+) -> Result<Var> {
     let BlockWeights::Gpt(w) = w else {
         let msg = "a vanilla GPT-2 layer takes GPT block weights, got Llama ones".into();
-        return Err(odeflow_runtime::Error::InvalidArgument { op: "sequential_block", msg }.into());
+        return Err(odeflow_runtime::Error::InvalidArgument {
+            op: "sequential_block",
+            msg,
+        }
+        .into());
     };
     let attn = layers::gpt_attention(&w.ln_a.forward(x)?, &w.c_attn, &w.attn_proj, n_heads)?;
     let x = x.add(&drop.forward(&attn)?)?;
@@ -280,7 +298,12 @@ pub enum TemporalBlock {
 impl TemporalBlock {
     /// The block's six (GPT-2) or nine (Llama) hypernetwork modules, under `block.*`.
     pub fn new(init: &mut Init, cfg: &Config) -> TemporalBlock {
-        let (d, f, e, p) = (cfg.d_model, cfg.ff_width(), cfg.time_embed_dim, cfg.phi_dim());
+        let (d, f, e, p) = (
+            cfg.d_model,
+            cfg.ff_width(),
+            cfg.time_embed_dim,
+            cfg.phi_dim(),
+        );
         match cfg.model {
             ModelKind::LlamaOde => {
                 let mut linear = |name: &str, dims| {
@@ -406,7 +429,14 @@ pub struct FixedBlock {
 impl FixedBlock {
     /// A fresh layer under `{prefix}.{slot}`: norms at weight 1 and bias 0, matrices N(0, std^2)
     /// (`proj_std` for the two output projections, GPT-2's residual scaling), biases 0.
-    pub fn new(init: &mut Init, prefix: &str, kind: BlockKind, slots: &[&str], cfg: &Config, proj_std: f32) -> FixedBlock {
+    pub fn new(
+        init: &mut Init,
+        prefix: &str,
+        kind: BlockKind,
+        slots: &[&str],
+        cfg: &Config,
+        proj_std: f32,
+    ) -> FixedBlock {
         let shapes = slot_shapes(kind, cfg);
         let params = slots
             .iter()
@@ -414,7 +444,9 @@ impl FixedBlock {
             .map(|(slot, shape)| {
                 let name = format!("{prefix}.{slot}");
                 let is_norm = slot.contains("ln_") || slot.contains("norm_");
-                let is_proj = slot.ends_with("c_proj.weight") || slot.ends_with("o.weight") || slot.ends_with("down.weight");
+                let is_proj = slot.ends_with("c_proj.weight")
+                    || slot.ends_with("o.weight")
+                    || slot.ends_with("down.weight");
                 match () {
                     _ if is_norm && slot.ends_with("weight") => init.ones(&name, &shape),
                     _ if slot.ends_with("bias") => init.zeros(&name, &shape),
@@ -427,7 +459,12 @@ impl FixedBlock {
     }
 
     /// A layer holding the given values (a re-discretised step), under `{prefix}.{slot}`.
-    pub fn from_values(init: &mut Init, prefix: &str, kind: BlockKind, values: Vec<odeflow_runtime::Tensor>) -> FixedBlock {
+    pub fn from_values(
+        init: &mut Init,
+        prefix: &str,
+        kind: BlockKind,
+        values: Vec<odeflow_runtime::Tensor>,
+    ) -> FixedBlock {
         let params = kind
             .slots()
             .iter()

@@ -144,7 +144,10 @@ impl Config {
             "medium" => Ok(Config::gpt2_sized(1024, 16, 24, 96)),
             "large" => Ok(Config::gpt2_sized(1280, 20, 36, 96)),
             _ => Err(Error::Config {
-                msg: format!("unknown preset {name:?}; the presets are {:?}", Config::PRESETS),
+                msg: format!(
+                    "unknown preset {name:?}; the presets are {:?}",
+                    Config::PRESETS
+                ),
             }),
         }
     }
@@ -162,9 +165,7 @@ impl Config {
 impl Config {
     /// Parses a TOML config (see the module docs) and validates it.
     pub fn from_toml(text: &str) -> Result<Config> {
-        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config {
-            msg: e.to_string(),
-        })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| Error::Config { msg: e.to_string() })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -197,7 +198,7 @@ impl Config {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return bad(format!("{name} must be at least 1"));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "d_model {} is not a multiple of n_heads {}",
                 self.d_model, self.n_heads
@@ -206,8 +207,11 @@ impl Config {
         if self.model.is_ode() && (self.time_embed_dim == 0 || self.sinusoidal_dim == 0) {
             return bad("an ODE model needs time_embed_dim >= 1 and sinusoidal_dim >= 1".into());
         }
-        if self.model == ModelKind::LlamaOde && self.head_dim() % 2 != 0 {
-            return bad(format!("RoPE needs an even head dim, got {}", self.head_dim()));
+        if self.model == ModelKind::LlamaOde && !self.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "RoPE needs an even head dim, got {}",
+                self.head_dim()
+            ));
         }
         if self.discrete && !self.model.is_ode() {
             return bad("discrete = true describes a re-discretised ODE model, not gpt2".into());
@@ -266,11 +270,8 @@ impl Config {
             }
             ModelKind::Gpt2 => {
                 let linear = |i: usize, o: usize| i * o + o;
-                let layer = 2 * (2 * d)
-                    + linear(d, 3 * d)
-                    + linear(d, d)
-                    + linear(d, f)
-                    + linear(f, d);
+                let layer =
+                    2 * (2 * d) + linear(d, 3 * d) + linear(d, d) + linear(d, f) + linear(f, d);
                 v * d + self.seq_len * d + self.n_steps * layer + 2 * d + head
             }
         }
@@ -340,7 +341,9 @@ mod tests {
 
     #[test]
     fn toml_round_trips_and_fills_defaults() {
-        let cfg = Config::preset("small").unwrap().with_model(ModelKind::LlamaOde);
+        let cfg = Config::preset("small")
+            .unwrap()
+            .with_model(ModelKind::LlamaOde);
         assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap(), cfg);
         let partial = Config::from_toml("model = \"gpt2\"\nn_steps = 6\n").unwrap();
         let want = Config {
@@ -354,14 +357,21 @@ mod tests {
     #[test]
     fn bad_configs_say_what_is_wrong() {
         let err = |text: &str| Config::from_toml(text).unwrap_err().to_string();
-        assert!(err("d_modle = 64").contains("d_modle"), "{}", err("d_modle = 64"));
+        assert!(
+            err("d_modle = 64").contains("d_modle"),
+            "{}",
+            err("d_modle = 64")
+        );
         assert!(err("d_model = 130").contains("not a multiple of n_heads"));
         assert!(err("n_steps = 0").contains("n_steps must be at least 1"));
         assert!(err("dropout = 1.5").contains("dropout"));
         assert!(err("model = \"transformer\"").contains("unknown variant"));
         let rope = "model = \"llama-ode\"\nd_model = 12\nn_heads = 4";
         assert!(err(rope).contains("even head dim"));
-        assert!(Config::preset("huge").unwrap_err().to_string().contains("tiny"));
+        assert!(Config::preset("huge")
+            .unwrap_err()
+            .to_string()
+            .contains("tiny"));
     }
 
     #[test]
@@ -369,7 +379,10 @@ mod tests {
         let cfg = Config::tiny().with_model(ModelKind::LlamaOde);
         assert_eq!(cfg.ff_width(), 384); // 8 * 128 / 3 = 341.3 -> 384
         assert_eq!(Config::tiny().ff_width(), 512);
-        let set = Config { d_ff: 100, ..Config::tiny() };
+        let set = Config {
+            d_ff: 100,
+            ..Config::tiny()
+        };
         assert_eq!(set.ff_width(), 100);
     }
 }

@@ -28,12 +28,26 @@ impl Discrete {
         let stem = Stem::new(&mut init, cfg);
         let kind = BlockKind::of(cfg);
         let layers = (0..cfg.n_steps)
-            .map(|i| FixedBlock::new(&mut init, &format!("layers.{i}"), kind, kind.slots(), cfg, INIT_STD))
+            .map(|i| {
+                FixedBlock::new(
+                    &mut init,
+                    &format!("layers.{i}"),
+                    kind,
+                    kind.slots(),
+                    cfg,
+                    INIT_STD,
+                )
+            })
             .collect();
         Discrete::from_parts(cfg.clone(), init.finish(), stem, layers)
     }
 
-    pub(crate) fn from_parts(cfg: Config, params: Vec<Param>, stem: Stem, layers: Vec<FixedBlock>) -> Discrete {
+    pub(crate) fn from_parts(
+        cfg: Config,
+        params: Vec<Param>,
+        stem: Stem,
+        layers: Vec<FixedBlock>,
+    ) -> Discrete {
         Discrete {
             cfg,
             params,
@@ -55,7 +69,10 @@ impl Discrete {
         let n = self.layers.len();
         let (embed_seed, seeds) = dropout_seeds(fwd.dropout_seed, n);
         let x0 = self.stem.embed(tape, ids, embed_seed)?;
-        let weights = self.layers.iter().map(|l| BlockWeights::vars(&l.lift(tape)));
+        let weights = self
+            .layers
+            .iter()
+            .map(|l| BlockWeights::vars(&l.lift(tape)));
         let field = Field {
             f: field_fn(&self.cfg),
             weights: weights.collect(),

@@ -31,7 +31,14 @@ impl Gpt2 {
         let layers = (0..cfg.n_steps)
             .map(|i| {
                 let prefix = format!("h.{i}");
-                FixedBlock::new(&mut init, &prefix, BlockKind::Gpt, &GPT2_SEQUENTIAL_SLOTS, cfg, proj_std)
+                FixedBlock::new(
+                    &mut init,
+                    &prefix,
+                    BlockKind::Gpt,
+                    &GPT2_SEQUENTIAL_SLOTS,
+                    cfg,
+                    proj_std,
+                )
             })
             .collect();
         Gpt2 {

@@ -48,7 +48,9 @@ impl Linear {
 
     /// The weights in a fixed order: w, then b if present.
     pub fn vars(&self) -> Vec<Var> {
-        std::iter::once(self.w.clone()).chain(self.b.clone()).collect()
+        std::iter::once(self.w.clone())
+            .chain(self.b.clone())
+            .collect()
     }
 }
 
@@ -229,15 +231,17 @@ mod tests {
         let tape = Tape::new();
         let x = Tensor::from_vec(vec![1.0f32, 0.0, 1.0, 0.0, 0.0, 2.0], &[1, 1, 3, 2]).unwrap();
         let (cos, sin) = rope_tables(3, 2);
-        let y = rope(
-            &tape.constant(x),
-            &tape.constant(cos),
-            &tape.constant(sin),
-        )
-        .unwrap();
+        let y = rope(&tape.constant(x), &tape.constant(cos), &tape.constant(sin)).unwrap();
         let y = y.value().to_vec::<f32>().unwrap();
         // p=0: unchanged; p=1: (cos 1, sin 1); p=2: (0, 2) -> (-2 sin 2, 2 cos 2)
-        let want = [1.0, 0.0, 1f32.cos(), 1f32.sin(), -2.0 * 2f32.sin(), 2.0 * 2f32.cos()];
+        let want = [
+            1.0,
+            0.0,
+            1f32.cos(),
+            1f32.sin(),
+            -2.0 * 2f32.sin(),
+            2.0 * 2f32.cos(),
+        ];
         for (a, b) in y.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
         }

@@ -8,7 +8,7 @@
 //! | 2 | phi(t) | `time.rs` |
 //! | 3 | h(t), W(t) = W0 + sum h_k W_k, b(t), the batched product | `temporal.rs` |
 //! | 4 | LN_t(x) = (1 + h G) * xhat + h Bn | `temporal.rs` |
-//! | 5, 6 | the GPT-2 and Llama fields; attention, RoPE, GELU / SwiGLU MLPs | `block.rs`, `layers.rs` |
+//! | 5, 6 | the GPT-2 and Llama fields; attention, RoPE, GELU, SwiGLU | `block.rs`, `layers.rs` |
 //! | 1, 6, 7 | embeddings, final norm, tied / untied head | `stem.rs` |
 //! | 7 | the vanilla GPT-2 | `gpt2.rs` |
 //! | 8 | configurations and parameter counts | `config.rs` |

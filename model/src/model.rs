@@ -49,6 +49,8 @@ pub(crate) fn dropout_seeds(seed: Option<u64>, n: usize) -> (Option<u64>, Vec<Op
     }
 }
 
+// one per process, never moved in a hot loop: the size difference costs nothing
+#[allow(clippy::large_enum_variant)]
 pub enum Model {
     /// `neural-ode` or `llama-ode`: one block, solved as an ODE.
     Ode(NeuralOde),
@@ -117,7 +119,11 @@ impl Model {
     /// Shapes: ids, targets [B, T] (u32) -> [] (nats per token)
     pub fn loss(&self, tape: &Tape, ids: &Tensor, targets: &Tensor, fwd: &Forward) -> Result<Var> {
         if targets.shape() != ids.shape() {
-            let msg = format!("targets {:?} must match ids {:?}", targets.shape(), ids.shape());
+            let msg = format!(
+                "targets {:?} must match ids {:?}",
+                targets.shape(),
+                ids.shape()
+            );
             return Err(Error::Input { msg });
         }
         let logits = self.forward(tape, ids, fwd)?;
@@ -131,7 +137,11 @@ impl Model {
         let cfg = self.config();
         let bad = |msg: String| Err(Error::Input { msg });
         if ids.rank() != 2 || ids.dtype() != DType::U32 {
-            return bad(format!("ids must be a [B, T] u32 tensor, got {:?} {}", ids.shape(), ids.dtype()));
+            return bad(format!(
+                "ids must be a [B, T] u32 tensor, got {:?} {}",
+                ids.shape(),
+                ids.dtype()
+            ));
         }
         if ids.shape()[1] > cfg.seq_len {
             let t = ids.shape()[1];
@@ -143,13 +153,15 @@ impl Model {
         }
         let fixed_depth = !matches!(self, Model::Ode(_));
         match fwd.steps {
-            Some(n) if n == 0 => bad("the step count must be at least 1".into()),
-            Some(n) if fixed_depth && n != cfg.n_steps => bad(format!(
+            Some(0) => bad("the step count must be at least 1".into()),
+            Some(n) if fixed_depth && n != cfg.n_steps => {
+                bad(format!(
                 "this {} model has a fixed depth of {} layers; only an ODE model runs at another \
                  step count (convert one with to_discrete for a new depth)",
                 if cfg.discrete { "re-discretised" } else { cfg.model.name() },
                 cfg.n_steps
-            )),
+            ))
+            }
             _ => Ok(()),
         }
     }

@@ -1,9 +1,11 @@
 //! The neural ODE transformer (MODEL.md sections 1-6): embeddings, one time-dependent block
 //! solved as an ODE over t in [0, 1], the final norm and the head.
 //!
-//!     X_0 = embed(ids)
-//!     dX/dt = F(X, t),   F's weights generated from t by the hypernetworks
-//!     logits = head(X(1))
+//! ```text
+//! X_0 = embed(ids)
+//! dX/dt = F(X, t),   F's weights generated from t by the hypernetworks
+//! logits = head(X(1))
+//! ```
 
 use crate::block::{self, BlockKind, BlockWeights, FixedBlock, TemporalBlock};
 use crate::config::Config;
@@ -99,7 +101,12 @@ impl NeuralOde {
                     .iter()
                     .map(|v| v.value().contiguous())
                     .collect::<std::result::Result<_, _>>()?;
-                Ok(FixedBlock::from_values(&mut init, &format!("layers.{i}"), kind, values))
+                Ok(FixedBlock::from_values(
+                    &mut init,
+                    &format!("layers.{i}"),
+                    kind,
+                    values,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Discrete::from_parts(cfg, init.finish(), stem, layers))

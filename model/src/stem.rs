@@ -1,8 +1,10 @@
 //! What every model has around its layers: the embeddings in, the final norm and the
 //! unembedding out (MODEL.md sections 1, 6 and 7).
 //!
-//!     X_0    = wte[ids] + wpe[0 .. T]       (no wpe in the Llama variant: RoPE instead)
-//!     logits = norm_f(X) W_teᵀ              (tied)   or   norm_f(X) W_head   (untied)
+//! ```text
+//! X_0    = wte[ids] + wpe[0 .. T]       (no wpe in the Llama variant: RoPE instead)
+//! logits = norm_f(X) W_teᵀ              (tied)   or   norm_f(X) W_head   (untied)
+//! ```
 
 use crate::config::{Config, ModelKind};
 use crate::init::Init;
@@ -47,11 +49,16 @@ impl Stem {
             init.ones("ln_f.weight", &[d]),
             (!llama).then(|| init.zeros("ln_f.bias", &[d])),
         );
-        let lm_head = (!cfg.tie_embeddings).then(|| init.normal("lm_head.weight", &[d, v], INIT_STD));
+        let lm_head =
+            (!cfg.tie_embeddings).then(|| init.normal("lm_head.weight", &[d, v], INIT_STD));
         Stem {
             wte,
             wpe,
-            norm_kind: if llama { NormKind::Rms } else { NormKind::Layer },
+            norm_kind: if llama {
+                NormKind::Rms
+            } else {
+                NormKind::Layer
+            },
             norm_f,
             lm_head,
             dropout: cfg.dropout,

@@ -1,7 +1,10 @@
 //! The time embedding phi(t) (MODEL.md section 2) and the solver's time grid.
 //!
-//!     w_k    = 10000^(-k/S),  k = 0 .. S-1
-//!     phi(t) = [ t, sin(1000 t w_0) .. sin(1000 t w_{S-1}), cos(1000 t w_0) .. cos(1000 t w_{S-1}) ]
+//! ```text
+//! w_k    = 10000^(-k/S),  k = 0 .. S-1
+//! phi(t) = [ t, sin(1000 t w_0) .. sin(1000 t w_{S-1}),
+//!               cos(1000 t w_0) .. cos(1000 t w_{S-1}) ]
+//! ```
 //!
 //! phi has no parameters and is shared by every hypernetwork. It is computed in f64 and rounded
 //! once: the arguments reach 1000 radians, where an f32 argument would already be off by 1e-4.
@@ -41,7 +44,7 @@ mod tests {
     fn phi_matches_hand_computed_values() {
         // S = 2: w = [1, 10000^(-1/2)] = [1, 0.01]; at t = 0.5 the angles are 500 and 5 rad
         let got = phi(0.5, 2);
-        let want = [
+        let want: [f64; 5] = [
             0.5,
             -0.467_771_805, // sin(500)
             -0.958_924_275, // sin(5)
@@ -49,7 +52,7 @@ mod tests {
             0.283_662_185,  // cos(5)
         ];
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
         }
         // at t = 0: [0, sin 0 .., cos 0 ..]
         assert_eq!(phi(0.0, 3), vec![0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]);
