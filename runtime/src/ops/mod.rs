@@ -20,6 +20,7 @@ pub mod embedding;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 pub mod reduce;
 pub mod shape;
 pub mod softmax;
