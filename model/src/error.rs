@@ -25,6 +25,20 @@ pub enum Error {
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
 
+    /// Tensors that do not fit the parameters of the model they are loaded into: every missing,
+    /// unexpected and misshapen name at once (`checkpoint::load_params`).
+    #[error(
+        "the tensors do not fit this model's parameters: {0}; build the model from the config \
+         they were saved with (`checkpoint::read` returns it)"
+    )]
+    ParamMismatch(crate::checkpoint::Mismatch),
+
+    /// A loss or gradient that is NaN or infinite: training cannot go on from here.
+    #[error(
+        "non-finite value: {what}; lower the learning rate or resume from the last checkpoint"
+    )]
+    NonFinite { what: String },
+
     #[error("input: {msg}")]
     Input { msg: String },
 }

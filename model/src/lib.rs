@@ -12,12 +12,15 @@
 //! | 1, 6, 7 | embeddings, final norm, tied / untied head | `stem.rs` |
 //! | 7 | the vanilla GPT-2 | `gpt2.rs` |
 //! | 8 | configurations and parameter counts | `config.rs` |
+//! | 9 | AdamW, clipping, weight-decay masks, warmup + cosine | `optim.rs` |
 //! | 10 | re-discretisation (`to_discrete`) | `ode.rs`, `discrete.rs` |
+//! | - | safetensors checkpoints (the file format: `docs/checkpoint.md`) | `checkpoint.rs` |
 //!
 //! `Model` (in `model.rs`) wraps every kind for the binaries; `checkpoint` reads and writes
 //! safetensors files. Read `docs/04-model.md` for the walk-through.
 
 pub mod block;
+pub mod checkpoint;
 pub mod config;
 pub mod discrete;
 mod error;
@@ -26,6 +29,7 @@ pub mod init;
 pub mod layers;
 pub mod model;
 pub mod ode;
+pub mod optim;
 pub mod solver;
 pub mod stem;
 pub mod temporal;
