@@ -64,6 +64,10 @@ impl Discrete {
         &self.params
     }
 
+    /// Its layers are Euler steps by construction, so `fwd.solver` is not consulted (only
+    /// Euler exists today; when other solvers land, asking a discrete model for one should be
+    /// refused like another step count is, in `Model::check_input`).
+    ///
     /// Shapes: ids [B, T] (u32) -> logits [B, T, V]
     pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
         let n = self.layers.len();
