@@ -444,14 +444,18 @@ impl FixedBlock {
             .map(|(slot, shape)| {
                 let name = format!("{prefix}.{slot}");
                 let is_norm = slot.contains("ln_") || slot.contains("norm_");
+                // the matrices that write into the residual stream
                 let is_proj = slot.ends_with("c_proj.weight")
-                    || slot.ends_with("o.weight")
-                    || slot.ends_with("down.weight");
-                match () {
-                    _ if is_norm && slot.ends_with("weight") => init.ones(&name, &shape),
-                    _ if slot.ends_with("bias") => init.zeros(&name, &shape),
-                    _ if is_proj => init.normal(&name, &shape, proj_std),
-                    _ => init.normal(&name, &shape, INIT_STD),
+                    || slot.ends_with("attn.o.weight")
+                    || slot.ends_with("mlp.down.weight");
+                if is_norm && slot.ends_with("weight") {
+                    init.ones(&name, &shape)
+                } else if slot.ends_with("bias") {
+                    init.zeros(&name, &shape)
+                } else if is_proj {
+                    init.normal(&name, &shape, proj_std)
+                } else {
+                    init.normal(&name, &shape, INIT_STD)
                 }
             })
             .collect();
