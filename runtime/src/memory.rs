@@ -73,3 +73,34 @@ impl Drop for Charge {
         LIVE.fetch_sub(self.bytes, Ordering::SeqCst);
     }
 }
+
+/// Asks the C allocator to keep freed memory for reuse instead of handing it back to the kernel.
+///
+/// A training step frees and reallocates buffers of the same sizes every step. glibc's malloc
+/// serves big blocks with `mmap` and trims the top of its heap on `free`, so by default each step
+/// returns its activations to the kernel and page-faults them back in (zero-filled) on the next:
+/// measured on the tiny preset, about a fifth of the step (`bench/RESULTS.md`). This raises the
+/// mmap threshold to its maximum (32 MiB on 64-bit; bigger blocks are still mapped, as they should
+/// be) and stops trimming. Call it once at the start of a binary; a library must not change
+/// process-wide settings behind its caller's back, so nothing here calls it. It does nothing on
+/// platforms whose C library is not glibc. Returns whether glibc accepted both settings.
+pub fn keep_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // glibc's <malloc.h>: int mallopt(int param, int value)
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        // SAFETY: mallopt only changes the allocator's tuning parameters; glibc documents it as
+        // safe to call at any time, and it returns 0 for a value it rejects.
+        let mmap = unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) };
+        let trim = unsafe { mallopt(M_TRIM_THRESHOLD, i32::MAX) };
+        mmap == 1 && trim == 1
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -1,19 +1,21 @@
 //! The speed of one training step (forward, backward, AdamW) of each model kind, on the CPU.
 //!
 //! ```text
-//! cargo run --release -p odeflow-bench --bin train_step [-- --reps 10] [-- --small]
+//! cargo run --release -p odeflow-bench --bin train_step [-- --reps 10] [--small] [--checkpoint]
 //! ```
 //!
 //! Default: the `tiny` preset of each kind at nanoGPT's CPU batch (B = 12, T = 64), with GPT-2
 //! at the same width and depth (4 layers). `--small` adds one GPT-2-small-shaped step (D = 768,
 //! H = 12, L = 12, E = 20, S = 128, V = 50257) of 1024 tokens for the neural ODE and GPT-2.
-//! Each figure is the best of `--reps` steps after one warm-up step; the phases are timed
+//! Gradients are by plain backprop through every step, as the trainer computes them by default;
+//! `--checkpoint` recomputes each step in backward instead (`GradMode::Checkpoint`: less memory,
+//! one more forward). Each figure is the best of `--reps` steps after one warm-up step; the phases are timed
 //! separately so the table shows where a step's time goes. The PyTorch peer of this table is
 //! the training issue's work (`bench/peers/`).
 
 use odeflow_autodiff::Tape;
 use odeflow_model::optim::{AdamW, OptimConfig};
-use odeflow_model::{Config, Forward, Model, ModelKind};
+use odeflow_model::{Config, Forward, GradMode, Model, ModelKind};
 use odeflow_runtime::{Rng, Tensor};
 use std::time::Instant;
 
@@ -24,10 +26,17 @@ struct Case {
 }
 
 fn main() {
+    // as the trainer does: keep freed activations for the next step (see the function's doc)
+    odeflow_runtime::memory::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let reps = match args.iter().position(|a| a == "--reps") {
         Some(i) => args.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(5),
         None => 5,
+    };
+    let grad = if args.iter().any(|a| a == "--checkpoint") {
+        GradMode::Checkpoint
+    } else {
+        GradMode::Backprop
     };
     let mut cases = vec![
         case("neural-ode tiny", Config::tiny(), 12),
@@ -55,7 +64,7 @@ fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for c in &cases {
-        let best = time_steps(c, reps);
+        let best = time_steps(c, reps, grad);
         let tokens = (c.batch * c.cfg.seq_len) as f64;
         let step = best.iter().sum::<f64>();
         println!(
@@ -78,7 +87,7 @@ fn case(label: &'static str, cfg: Config, batch: usize) -> Case {
 }
 
 /// The best time of each phase (forward, backward, optimiser) over `reps` steps, in seconds.
-fn time_steps(c: &Case, reps: usize) -> [f64; 3] {
+fn time_steps(c: &Case, reps: usize, grad: GradMode) -> [f64; 3] {
     let model = Model::new(&c.cfg, 0).expect("a valid config");
     let mut opt = AdamW::new(&model, OptimConfig::paper(&c.cfg, 1000));
     let mut rng = Rng::new(1);
@@ -93,7 +102,15 @@ fn time_steps(c: &Case, reps: usize) -> [f64; 3] {
         let tape = Tape::new();
         let start = Instant::now();
         let loss = model
-            .loss(&tape, &x, &y, &Forward::train(rep as u64))
+            .loss(
+                &tape,
+                &x,
+                &y,
+                &Forward {
+                    grad,
+                    ..Forward::train(rep as u64)
+                },
+            )
             .expect("forward");
         let forward = start.elapsed().as_secs_f64();
         tape.backward(&loss).expect("backward");

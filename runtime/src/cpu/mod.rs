@@ -12,6 +12,7 @@
 //! the number of threads or on scheduling. Training runs that resume from a checkpoint rely on it.
 
 pub mod gemm;
+pub mod math;
 
 use rayon::prelude::*;
 
@@ -22,16 +23,32 @@ pub const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Rows per task when partial sums over rows are computed in parallel (see `sum_over_rows`).
 const ROWS_PER_CHUNK: usize = 64;
 
+/// Elements per task in the elementwise loops below: 64 KiB of f32, a comfortable L2 share.
+const ELEMS_PER_CHUNK: usize = 1 << 14;
+
 /// `f` applied to every element, in parallel for large inputs.
+///
+/// The loops here write into a preallocated output through plain zipped iterators, with no
+/// index arithmetic or bounds checks in the body, so that the compiler vectorises them when `f`
+/// is straight-line code (see `math` for exp/tanh written that way).
 pub fn map<F>(xs: &[f32], f: F) -> Vec<f32>
 where
     F: Fn(f32) -> f32 + Sync,
 {
+    let mut out = vec![0.0f32; xs.len()];
+    let body = |(out, xs): (&mut [f32], &[f32])| {
+        for (o, &x) in out.iter_mut().zip(xs) {
+            *o = f(x);
+        }
+    };
     if xs.len() < PAR_MIN_ELEMS {
-        xs.iter().map(|&x| f(x)).collect()
+        body((&mut out, xs));
     } else {
-        xs.par_iter().map(|&x| f(x)).collect()
+        out.par_chunks_mut(ELEMS_PER_CHUNK)
+            .zip(xs.par_chunks(ELEMS_PER_CHUNK))
+            .for_each(body);
     }
+    out
 }
 
 /// `f` applied pairwise to two equal-length slices, in parallel for large inputs.
@@ -39,12 +56,53 @@ pub fn zip_map<F>(xs: &[f32], ys: &[f32], f: F) -> Vec<f32>
 where
     F: Fn(f32, f32) -> f32 + Sync,
 {
-    debug_assert_eq!(xs.len(), ys.len());
+    assert_eq!(xs.len(), ys.len(), "zip_map: lengths differ");
+    let mut out = vec![0.0f32; xs.len()];
+    let body = |((out, xs), ys): ((&mut [f32], &[f32]), &[f32])| {
+        for ((o, &x), &y) in out.iter_mut().zip(xs).zip(ys) {
+            *o = f(x, y);
+        }
+    };
     if xs.len() < PAR_MIN_ELEMS {
-        xs.iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+        body(((&mut out, xs), ys));
     } else {
-        xs.par_iter().zip(ys).map(|(&x, &y)| f(x, y)).collect()
+        out.par_chunks_mut(ELEMS_PER_CHUNK)
+            .zip(xs.par_chunks(ELEMS_PER_CHUNK))
+            .zip(ys.par_chunks(ELEMS_PER_CHUNK))
+            .for_each(body);
     }
+    out
+}
+
+/// An output chunk and the three input chunks it is computed from, as rayon's zips nest them.
+type OutAndThree<'a> = (((&'a mut [f32], &'a [f32]), &'a [f32]), &'a [f32]);
+
+/// `f` applied to three equal-length slices element by element, in parallel for large inputs
+/// (a unary op's backward reads dy, x and y).
+pub fn zip3_map<F>(xs: &[f32], ys: &[f32], zs: &[f32], f: F) -> Vec<f32>
+where
+    F: Fn(f32, f32, f32) -> f32 + Sync,
+{
+    assert!(
+        xs.len() == ys.len() && ys.len() == zs.len(),
+        "zip3_map: lengths differ"
+    );
+    let mut out = vec![0.0f32; xs.len()];
+    let body = |(((out, xs), ys), zs): OutAndThree| {
+        for (((o, &x), &y), &z) in out.iter_mut().zip(xs).zip(ys).zip(zs) {
+            *o = f(x, y, z);
+        }
+    };
+    if xs.len() < PAR_MIN_ELEMS {
+        body((((&mut out, xs), ys), zs));
+    } else {
+        out.par_chunks_mut(ELEMS_PER_CHUNK)
+            .zip(xs.par_chunks(ELEMS_PER_CHUNK))
+            .zip(ys.par_chunks(ELEMS_PER_CHUNK))
+            .zip(zs.par_chunks(ELEMS_PER_CHUNK))
+            .for_each(body);
+    }
+    out
 }
 
 /// Calls `f(row_index, row)` on each `row_len`-long row of `out`, in parallel for large outputs.

@@ -1,18 +1,14 @@
 //! Elementwise ops: unary functions, binary ops with broadcasting, and scalar affine maps.
 //!
-//! Known shortfall (measured in `bench/RESULTS.md`, tape overhead section): these loops are
-//! scalar, call libm per element (tanh, exp), and write a freshly allocated buffer each time.
-//! GELU on a [256, 1024] tensor takes about twice as long as the [256, 1024] x [1024, 256]
-//! matmul beside it, and a 1 MiB add runs near 1-2 GB/s, far below memory bandwidth. A CPU
-//! training step pays for it; a vectorised tanh/exp and reused buffers would fix it.
+//! exp, tanh, sigmoid and GELU come from `cpu::math` (straight-line f32 code the compiler
+//! vectorises), not libm, whose per-element calls made GELU cost more than the matmul beside it.
+//!
+//! Known shortfall: every op still writes a freshly allocated buffer, and a chain of elementwise
+//! ops makes one pass over memory per op (no fusion on the CPU).
 
 use crate::cpu;
+use crate::cpu::math;
 use crate::{Device, Result, Tensor};
-
-/// sqrt(2 / pi), the scale inside GELU's tanh approximation.
-const GELU_SCALE: f32 = 0.797_884_6;
-/// The cubic coefficient of GELU's tanh approximation (Hendrycks and Gimpel).
-const GELU_CUBIC: f32 = 0.044_715;
 
 /// A function applied to every element.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,10 +28,6 @@ pub enum UnaryOp {
     Powf(f32),
 }
 
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 impl UnaryOp {
     pub fn name(self) -> &'static str {
         match self {
@@ -52,24 +44,23 @@ impl UnaryOp {
     }
 
     /// y = f(x)
+    #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
         match self {
             UnaryOp::Neg => -x,
-            UnaryOp::Exp => x.exp(),
+            UnaryOp::Exp => math::exp(x),
             UnaryOp::Log => x.ln(),
             UnaryOp::Sqrt => x.sqrt(),
             UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-            UnaryOp::Tanh => x.tanh(),
-            UnaryOp::Silu => x * sigmoid(x),
-            UnaryOp::Gelu => {
-                let inner = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
-                0.5 * x * (1.0 + inner.tanh())
-            }
+            UnaryOp::Tanh => math::tanh(x),
+            UnaryOp::Silu => x * math::sigmoid(x),
+            UnaryOp::Gelu => math::gelu(x),
             UnaryOp::Powf(p) => x.powf(p),
         }
     }
 
     /// dy/dx, given x and the forward's y = f(x) (several derivatives are cheapest in terms of y).
+    #[inline(always)]
     pub fn derivative(self, x: f32, y: f32) -> f32 {
         match self {
             // d(-x) = -1
@@ -86,20 +77,63 @@ impl UnaryOp {
             UnaryOp::Tanh => 1.0 - y * y,
             // d (x s(x)) = s + x s (1 - s)
             UnaryOp::Silu => {
-                let s = sigmoid(x);
+                let s = math::sigmoid(x);
                 s + x * s * (1.0 - s)
             }
-            // with u = c (x + a x^3): d [0.5 x (1 + tanh u)]
-            //   = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) c (1 + 3 a x^2)
-            UnaryOp::Gelu => {
-                let th = (GELU_SCALE * (x + GELU_CUBIC * x * x * x)).tanh();
-                let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
-                0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
-            }
+            UnaryOp::Gelu => math::gelu_grad(x),
             // d x^p = p x^(p-1)
             UnaryOp::Powf(p) => p * x.powf(p - 1.0),
         }
     }
+}
+
+/// Evaluates `$body` once per op, with `$o` a compile-time constant naming that op, so that the
+/// compiler specialises the loop in `$body` for each op: `OP.apply` inlines to straight-line code
+/// and the loop vectorises, instead of matching on the op once per element. (`$o` must be a
+/// `const`, not a `let`: a closure that captures a local reads it through a pointer the optimiser
+/// cannot see through.) `Powf` carries its exponent at run time and is not specialised.
+macro_rules! specialise {
+    ($op:expr, |$o:ident| $body:expr) => {
+        match $op {
+            UnaryOp::Neg => {
+                const $o: UnaryOp = UnaryOp::Neg;
+                $body
+            }
+            UnaryOp::Exp => {
+                const $o: UnaryOp = UnaryOp::Exp;
+                $body
+            }
+            UnaryOp::Log => {
+                const $o: UnaryOp = UnaryOp::Log;
+                $body
+            }
+            UnaryOp::Sqrt => {
+                const $o: UnaryOp = UnaryOp::Sqrt;
+                $body
+            }
+            UnaryOp::Rsqrt => {
+                const $o: UnaryOp = UnaryOp::Rsqrt;
+                $body
+            }
+            UnaryOp::Tanh => {
+                const $o: UnaryOp = UnaryOp::Tanh;
+                $body
+            }
+            UnaryOp::Silu => {
+                const $o: UnaryOp = UnaryOp::Silu;
+                $body
+            }
+            UnaryOp::Gelu => {
+                const $o: UnaryOp = UnaryOp::Gelu;
+                $body
+            }
+            UnaryOp::Powf(p) => {
+                #[allow(non_snake_case)]
+                let $o = UnaryOp::Powf(p);
+                $body
+            }
+        }
+    };
 }
 
 /// y = f(x), elementwise.
@@ -110,7 +144,8 @@ pub fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     match x.device() {
         Device::Cpu => {
             let x = x.contiguous()?;
-            let y = cpu::map(&x.f32_data(), |v| op.apply(v));
+            let xs = x.f32_data();
+            let y = specialise!(op, |OP| cpu::map(&xs, |v| OP.apply(v)));
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
     }
@@ -127,7 +162,9 @@ pub fn unary_bwd(op: UnaryOp, dy: &Tensor, x: &Tensor, y: &Tensor) -> Result<Ten
         Device::Cpu => {
             let (dy, x, y) = (dy.contiguous()?, x.contiguous()?, y.contiguous()?);
             let (dys, xs, ys) = (dy.f32_data(), x.f32_data(), y.f32_data());
-            let dx = cpu::map_rows(xs.len(), 1, |i| dys[i] * op.derivative(xs[i], ys[i]));
+            let dx = specialise!(op, |OP| {
+                cpu::zip3_map(&dys, &xs, &ys, |g, x, y| g * OP.derivative(x, y))
+            });
             Ok(Tensor::from_f32_values(dx, x.shape(), x.dtype()))
         }
     }
@@ -155,6 +192,7 @@ impl BinaryOp {
         }
     }
 
+    #[inline(always)]
     pub fn apply(self, a: f32, b: f32) -> f32 {
         match self {
             BinaryOp::Add => a + b,
@@ -188,7 +226,14 @@ pub fn binary_fwd(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (a, b) = Tensor::broadcast_pair(op.name(), a, b)?;
     match a.device() {
         Device::Cpu => {
-            let c = zip_broadcast(&a, &b, |x, y| op.apply(x, y));
+            // one specialised loop per op (see `specialise!` for why the op must be a constant)
+            let c = match op {
+                BinaryOp::Add => zip_broadcast(&a, &b, |x, y| BinaryOp::Add.apply(x, y)),
+                BinaryOp::Sub => zip_broadcast(&a, &b, |x, y| BinaryOp::Sub.apply(x, y)),
+                BinaryOp::Mul => zip_broadcast(&a, &b, |x, y| BinaryOp::Mul.apply(x, y)),
+                BinaryOp::Div => zip_broadcast(&a, &b, |x, y| BinaryOp::Div.apply(x, y)),
+                BinaryOp::Maximum => zip_broadcast(&a, &b, |x, y| BinaryOp::Maximum.apply(x, y)),
+            };
             Ok(Tensor::from_f32_values(c, a.shape(), a.dtype()))
         }
     }
@@ -206,13 +251,27 @@ pub fn binary_bwd(op: BinaryOp, dc: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
     match a.device() {
         Device::Cpu => {
             let dc = dc.contiguous()?;
-            let dcs = dc.f32_data();
-            let dab = zip_broadcast(&ab, &bb, |x, y| op.partials(x, y).0);
-            let dbb = zip_broadcast(&ab, &bb, |x, y| op.partials(x, y).1);
-            let da = cpu::zip_map(&dcs, &dab, |g, d| g * d);
-            let db = cpu::zip_map(&dcs, &dbb, |g, d| g * d);
-            let da = Tensor::from_f32_values(da, ab.shape(), a.dtype());
-            let db = Tensor::from_f32_values(db, bb.shape(), b.dtype());
+            let at_broadcast =
+                |v: Vec<f32>, like: &Tensor| Tensor::from_f32_values(v, ab.shape(), like.dtype());
+            // add, sub and mul have partials that need no product with a ones tensor: the
+            // gradient of a bias add is just dc summed over the rows (the hot case)
+            let (da, db) = match op {
+                BinaryOp::Add => (dc.clone(), dc.clone()),
+                BinaryOp::Sub => (dc.clone(), dc.neg()?),
+                BinaryOp::Mul => (
+                    at_broadcast(zip_broadcast(&dc, &bb, |g, y| g * y), a),
+                    at_broadcast(zip_broadcast(&dc, &ab, |g, x| g * x), b),
+                ),
+                BinaryOp::Div | BinaryOp::Maximum => {
+                    let dcs = dc.f32_data();
+                    let dab = zip_broadcast(&ab, &bb, |x, y| op.partials(x, y).0);
+                    let dbb = zip_broadcast(&ab, &bb, |x, y| op.partials(x, y).1);
+                    (
+                        at_broadcast(cpu::zip_map(&dcs, &dab, |g, d| g * d), a),
+                        at_broadcast(cpu::zip_map(&dcs, &dbb, |g, d| g * d), b),
+                    )
+                }
+            };
             Ok((da.sum_to(a.shape())?, db.sum_to(b.shape())?))
         }
     }
@@ -232,9 +291,35 @@ where
     let (arows, brows) = (a.layout().row_starts(), b.layout().row_starts());
     let (sa, sb) = (a.layout().row_stride(), b.layout().row_stride());
     let mut out = vec![0.0; a.numel()];
-    cpu::for_each_row(&mut out, a.layout().row_len(), |r, row| {
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = f(abuf[arows[r] + j * sa], bbuf[brows[r] + j * sb]);
+    let n = a.layout().row_len();
+    cpu::for_each_row(&mut out, n, |r, row| {
+        let (ra, rb) = (arows[r], brows[r]);
+        // the common shapes get a plain slice loop that vectorises: a bias row (both rows
+        // unit-stride) or a per-row scalar (a stride of 0 along the row)
+        match (sa, sb) {
+            (1, 1) => {
+                let (ar, br) = (&abuf[ra..ra + n], &bbuf[rb..rb + n]);
+                for ((o, &x), &y) in row.iter_mut().zip(ar).zip(br) {
+                    *o = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let y = bbuf[rb];
+                for (o, &x) in row.iter_mut().zip(&abuf[ra..ra + n]) {
+                    *o = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let x = abuf[ra];
+                for (o, &y) in row.iter_mut().zip(&bbuf[rb..rb + n]) {
+                    *o = f(x, y);
+                }
+            }
+            _ => {
+                for (j, o) in row.iter_mut().enumerate() {
+                    *o = f(abuf[ra + j * sa], bbuf[rb + j * sb]);
+                }
+            }
         }
     });
     out

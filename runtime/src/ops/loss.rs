@@ -5,6 +5,7 @@
 //! softmax = exp(logit - lse) from the saved lse.
 
 use crate::cpu;
+use crate::cpu::math;
 use crate::{DType, Device, Error, Result, Tensor};
 
 fn check_inputs(op: &'static str, logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
@@ -106,7 +107,7 @@ pub fn cross_entropy_bwd(
             cpu::for_each_row(&mut dz, v, |i, row| {
                 let Some(t) = tgt[i] else { return };
                 for (j, o) in row.iter_mut().enumerate() {
-                    *o = scale * (z[i * v + j] - lse[i]).exp();
+                    *o = scale * math::exp(z[i * v + j] - lse[i]);
                 }
                 row[t] -= scale;
             });
@@ -121,7 +122,7 @@ fn log_sum_exp(x: &[f32]) -> f32 {
     if max == f32::NEG_INFINITY {
         return max;
     }
-    max + x.iter().map(|&v| (v - max).exp()).sum::<f32>().ln()
+    max + x.iter().map(|&v| math::exp(v - max)).sum::<f32>().ln()
 }
 
 #[cfg(test)]

@@ -73,20 +73,24 @@ pub fn adamw_update(
             let correction1 = 1.0 - (h.beta1 as f64).powi(h.step as i32);
             let correction2 = 1.0 - (h.beta2 as f64).powi(h.step as i32);
             let (c1, c2) = (correction1 as f32, correction2 as f32);
+            // zipped chunks and zipped iterators (no indexing): the loop body vectorises
             let outs = p2.par_chunks_mut(CHUNK).zip(m2.par_chunks_mut(CHUNK));
-            let outs = outs.zip(v2.par_chunks_mut(CHUNK)).enumerate();
-            outs.for_each(|(c, ((po, mo), vo))| {
-                let start = c * CHUNK;
-                for i in 0..po.len() {
-                    let j = start + i;
-                    let g = h.grad_scale * gs[j];
-                    let m = h.beta1 * ms[j] + (1.0 - h.beta1) * g;
-                    let v = h.beta2 * vs[j] + (1.0 - h.beta2) * g * g;
-                    let step = (m / c1) / ((v / c2).sqrt() + h.eps);
-                    po[i] = ps[j] - h.lr * (h.weight_decay * ps[j] + step);
-                    (mo[i], vo[i]) = (m, v);
-                }
-            });
+            let outs = outs.zip(v2.par_chunks_mut(CHUNK));
+            let ins = ps.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK));
+            let ins = ins.zip(ms.par_chunks(CHUNK).zip(vs.par_chunks(CHUNK)));
+            outs.zip(ins)
+                .for_each(|(((po, mo), vo), ((pi, gi), (mi, vi)))| {
+                    let outs = po.iter_mut().zip(mo.iter_mut()).zip(vo.iter_mut());
+                    let ins = pi.iter().zip(gi).zip(mi.iter().zip(vi));
+                    for (((po, mo), vo), ((&p, &g), (&m, &v))) in outs.zip(ins) {
+                        let g = h.grad_scale * g;
+                        let m = h.beta1 * m + (1.0 - h.beta1) * g;
+                        let v = h.beta2 * v + (1.0 - h.beta2) * g * g;
+                        let step = (m / c1) / ((v / c2).sqrt() + h.eps);
+                        *po = p - h.lr * (h.weight_decay * p + step);
+                        (*mo, *vo) = (m, v);
+                    }
+                });
             let shape = param.shape();
             let f32s = |x| Tensor::from_f32_values(x, shape, DType::F32);
             Ok((f32s(p2), f32s(m2), f32s(v2)))

@@ -205,6 +205,9 @@ impl Tensor {
             return Err(incompatible());
         }
         let lead = self.rank() - shape.len();
+        if lead > 0 && shape == &self.shape()[lead..] {
+            return Ok(self.sum_leading(lead));
+        }
         let mut t = self.clone();
         for _ in 0..lead {
             t = t.sum(0, false)?;
@@ -217,5 +220,22 @@ impl Tensor {
             }
         }
         Ok(t)
+    }
+
+    /// The sum over the first `lead` dims: [A.., W..] -> [W..]. The fast path of `sum_to` for a
+    /// bias gradient, with no transpose: the rows of the contiguous tensor are added together
+    /// in `cpu::sum_over_rows`' fixed order.
+    fn sum_leading(&self, lead: usize) -> Tensor {
+        let x = self
+            .contiguous()
+            .expect("a float tensor has a contiguous copy");
+        let xs = x.f32_data();
+        let rows: usize = self.shape()[..lead].iter().product();
+        let width = self.numel() / rows.max(1);
+        let sums = cpu::sum_over_rows(rows, width, |r, acc| {
+            let row = &xs[r * width..(r + 1) * width];
+            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+        });
+        Tensor::from_f32_values(sums, &self.shape()[lead..], self.dtype())
     }
 }

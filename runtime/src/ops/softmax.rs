@@ -5,6 +5,7 @@
 //! rather than NaN (the convention of flash attention), and log-softmax returns -inf.
 
 use crate::cpu;
+use crate::cpu::math;
 use crate::{Device, Result, Tensor};
 
 /// Softmax or log-softmax.
@@ -26,13 +27,15 @@ fn softmax_row(kind: Kind, x: &[f32], out: &mut [f32]) {
         out.fill(fill);
         return;
     }
-    let sum: f32 = x.iter().map(|&v| (v - max).exp()).sum();
+    // the exponentials go into `out` first: one exp per element, in a loop that vectorises
+    out.iter_mut()
+        .zip(x)
+        .for_each(|(o, &v)| *o = math::exp(v - max));
+    let sum: f32 = out.iter().sum();
     match kind {
         Kind::Softmax => {
             let inv = 1.0 / sum;
-            out.iter_mut()
-                .zip(x)
-                .for_each(|(o, &v)| *o = (v - max).exp() * inv);
+            out.iter_mut().for_each(|o| *o *= inv);
         }
         Kind::LogSoftmax => {
             let log_sum = sum.ln();
@@ -108,7 +111,7 @@ fn backward(kind: Kind, op: &'static str, dy: &Tensor, y: &Tensor) -> Result<Ten
                     Kind::LogSoftmax => {
                         let total: f32 = g.iter().sum();
                         row.iter_mut().zip(g.iter().zip(p)).for_each(|(o, (g, p))| {
-                            *o = g - p.exp() * total;
+                            *o = g - math::exp(*p) * total;
                         });
                     }
                 }
