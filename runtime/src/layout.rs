@@ -140,6 +140,66 @@ impl Layout {
         })
     }
 
+    /// The same elements seen with `shape`, as a view, when the strides allow it; `None` when
+    /// only a copy can give that shape (then `Tensor::reshape` copies).
+    ///
+    /// A reshape regroups dims. It can be a view when every group of old dims that the new shape
+    /// splits or merges is itself laid out as one contiguous run ("chunk"): old dim d and d+1
+    /// are in one chunk when stride[d] = stride[d+1] * shape[d+1]. Walking both shapes from the
+    /// last dim, each chunk of old dims must be covered by whole new dims, whose strides are
+    /// then those of a row-major block starting at the chunk's innermost stride. Example: a
+    /// narrow of the last dim of [B, T, 3D] (strides [3TD, 3D, 1]) to [B, T, D] reshapes to
+    /// [B, T, H, D/H] as a view (strides [3TD, 3D, D/H, 1]); its transpose does not.
+    pub fn reshape_view(&self, shape: &[usize]) -> Option<Layout> {
+        if shape.iter().product::<usize>() != self.numel() || self.numel() == 0 {
+            return None;
+        }
+        // size-1 dims carry no layout information: drop them from the old shape
+        let old: Vec<(usize, usize)> = self
+            .shape
+            .iter()
+            .zip(&self.strides)
+            .filter(|(&n, _)| n != 1)
+            .map(|(&n, &s)| (n, s))
+            .collect();
+        let mut strides = vec![0; shape.len()];
+        let mut new_d = shape.len();
+        let mut d = old.len();
+        while d > 0 {
+            // the chunk of old dims [first, d): contiguous among themselves
+            let mut first = d - 1;
+            while first > 0 && old[first - 1].1 == old[first].1 * old[first].0 {
+                first -= 1;
+            }
+            let chunk_numel: usize = old[first..d].iter().map(|&(n, _)| n).product();
+            let mut stride = old[d - 1].1;
+            let mut covered = 1;
+            while new_d > 0 && (covered < chunk_numel || shape[new_d - 1] == 1) {
+                new_d -= 1;
+                strides[new_d] = stride;
+                stride *= shape[new_d];
+                covered *= shape[new_d];
+            }
+            if covered != chunk_numel {
+                return None;
+            }
+            d = first;
+        }
+        // what is left of the new shape is size-1 dims
+        while new_d > 0 {
+            new_d -= 1;
+            if shape[new_d] != 1 {
+                return None;
+            }
+            strides[new_d] = 1;
+        }
+        Some(Layout {
+            shape: shape.to_vec(),
+            strides,
+            offset: self.offset,
+        })
+    }
+
     /// Reorders the dims: the new dim `i` is the old dim `perm[i]`.
     pub fn permute(&self, perm: &[usize]) -> Result<Layout> {
         let mut seen = vec![false; self.rank()];
@@ -312,6 +372,58 @@ mod tests {
         let l = Layout::contiguous(&[2, 3]).permute(&[1, 0]).unwrap();
         assert_eq!(l.row_starts(), vec![0, 1, 2]);
         assert_eq!(l.row_stride(), 3);
+    }
+
+    #[test]
+    fn reshape_view_splits_a_narrowed_last_dim_without_copying() {
+        // q of a fused [2, 3, 12] projection: [2, 3, 4] with strides [36, 12, 1]
+        let q = Layout::contiguous(&[2, 3, 12]).narrow(2, 4, 4).unwrap();
+        let heads = q.reshape_view(&[2, 3, 2, 2]).unwrap();
+        assert_eq!(heads.strides(), &[36, 12, 2, 1]);
+        assert_eq!(heads.offset(), 4);
+        // merging T and H of a [B, H, T, hd] transpose is not a view
+        let t = Layout::contiguous(&[2, 3, 2, 2])
+            .permute(&[0, 2, 1, 3])
+            .unwrap();
+        assert!(t.reshape_view(&[2, 2, 6]).is_none());
+        // nor is merging two swapped dims (stride 4 is not 12 * 2)
+        let merged = Layout::contiguous(&[2, 3, 4]).permute(&[1, 0, 2]).unwrap();
+        assert!(merged.reshape_view(&[6, 4]).is_none());
+        // size-1 dims anywhere are free
+        let c = Layout::contiguous(&[4, 6]).narrow(1, 0, 3).unwrap();
+        assert_eq!(
+            c.reshape_view(&[1, 4, 1, 3]).unwrap().strides()[1..],
+            [6, 3, 1][..]
+        );
+    }
+
+    #[test]
+    fn reshape_view_walks_the_same_elements_as_a_copy() {
+        // every element of the view must sit where the row-major copy would read it from
+        let base = Layout::contiguous(&[3, 4, 10]).narrow(2, 2, 6).unwrap();
+        for shape in [
+            vec![3, 4, 6],
+            vec![3, 4, 2, 3],
+            vec![12, 6],
+            vec![3, 4, 3, 2],
+        ] {
+            let Some(view) = base.reshape_view(&shape) else {
+                assert_eq!(
+                    shape,
+                    vec![12, 6],
+                    "only the merge across the narrow copies"
+                );
+                continue;
+            };
+            let flat = |l: &Layout| -> Vec<usize> {
+                let (len, st) = (l.row_len(), l.row_stride());
+                l.row_starts()
+                    .iter()
+                    .flat_map(|&s| (0..len).map(move |j| s + j * st))
+                    .collect()
+            };
+            assert_eq!(flat(&view), flat(&base), "{shape:?}");
+        }
     }
 
     #[test]

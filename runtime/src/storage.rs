@@ -113,13 +113,25 @@ impl CpuStorage {
         }
     }
 
-    /// Copies the elements at `indices` (in order) into a new buffer of the same dtype.
-    pub fn gather(&self, indices: impl Iterator<Item = usize>) -> Self {
+    /// Copies rows into a new buffer of the same dtype: `len` elements from each of `starts`,
+    /// `stride` apart (a unit-stride row is one slice copy).
+    pub fn gather_rows(&self, starts: &[usize], len: usize, stride: usize) -> Self {
+        fn rows<T: Copy>(v: &[T], starts: &[usize], len: usize, stride: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(starts.len() * len);
+            for &s in starts {
+                if stride == 1 {
+                    out.extend_from_slice(&v[s..s + len]);
+                } else {
+                    out.extend((0..len).map(|j| v[s + j * stride]));
+                }
+            }
+            out
+        }
         match self {
-            CpuStorage::F32(v) => CpuStorage::F32(indices.map(|i| v[i]).collect()),
-            CpuStorage::BF16(v) => CpuStorage::BF16(indices.map(|i| v[i]).collect()),
-            CpuStorage::F16(v) => CpuStorage::F16(indices.map(|i| v[i]).collect()),
-            CpuStorage::U32(v) => CpuStorage::U32(indices.map(|i| v[i]).collect()),
+            CpuStorage::F32(v) => CpuStorage::F32(rows(v, starts, len, stride)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(rows(v, starts, len, stride)),
+            CpuStorage::F16(v) => CpuStorage::F16(rows(v, starts, len, stride)),
+            CpuStorage::U32(v) => CpuStorage::U32(rows(v, starts, len, stride)),
         }
     }
 

@@ -186,7 +186,8 @@ impl Tensor {
     }
 
     /// The same elements under another shape of equal size. A view when the tensor is
-    /// contiguous; otherwise the elements are first copied into row-major order.
+    /// contiguous or its strides allow one (`Layout::reshape_view`); otherwise the elements are
+    /// first copied into row-major order.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
         if shape.iter().product::<usize>() != self.numel() {
             return Err(Error::ShapeMismatch {
@@ -194,6 +195,12 @@ impl Tensor {
                 lhs: self.shape().to_vec(),
                 rhs: shape.to_vec(),
             });
+        }
+        if !self.is_contiguous() {
+            // a view when the strides allow it (see `Layout::reshape_view`), else a copy
+            if let Some(layout) = self.layout.reshape_view(shape) {
+                return Ok(self.with_layout(layout));
+            }
         }
         let t = self.contiguous()?;
         let layout = t.layout.reshape(shape)?;
@@ -262,22 +269,16 @@ impl Tensor {
         }
         match self.device() {
             Device::Cpu => {
-                let data = self.cpu().gather(self.strided_indices());
+                let (len, stride) = (self.layout.row_len(), self.layout.row_stride());
+                let starts = if self.numel() == 0 {
+                    vec![]
+                } else {
+                    self.layout.row_starts()
+                };
+                let data = self.cpu().gather_rows(&starts, len, stride);
                 Ok(Tensor::from_cpu(data, self.shape()))
             }
         }
-    }
-
-    /// Buffer indices of every element in row-major order.
-    fn strided_indices(&self) -> impl Iterator<Item = usize> + '_ {
-        let (len, stride) = (self.layout.row_len(), self.layout.row_stride());
-        let rows = if self.numel() == 0 {
-            vec![]
-        } else {
-            self.layout.row_starts()
-        };
-        rows.into_iter()
-            .flat_map(move |start| (0..len).map(move |j| start + j * stride))
     }
 
     /// A copy converted to `dtype` (rounded to nearest; float to u32 rounds and clamps at 0).
@@ -303,7 +304,13 @@ impl Tensor {
 
     /// The elements of a *contiguous* tensor as f32 (borrowed when the dtype is f32).
     pub(crate) fn f32_data(&self) -> Cow<'_, [f32]> {
-        debug_assert!(self.is_contiguous());
+        if !self.is_contiguous() {
+            // a safety net: ops make their inputs contiguous first, but a reshape can be a view
+            let copy = self
+                .contiguous()
+                .expect("a CPU tensor has a contiguous copy");
+            return Cow::Owned(copy.f32_data().into_owned());
+        }
         let start = self.layout.offset();
         self.cpu().f32_range(start..start + self.numel())
     }
