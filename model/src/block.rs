@@ -304,10 +304,11 @@ impl TemporalBlock {
             cfg.time_embed_dim,
             cfg.phi_dim(),
         );
+        let w0 = cfg.w0_init_std;
         match cfg.model {
             ModelKind::LlamaOde => {
                 let mut linear = |name: &str, dims| {
-                    TemporalLinear::new(init, &format!("block.{name}"), dims, p, e, false)
+                    TemporalLinear::new(init, &format!("block.{name}"), dims, p, e, false, w0)
                 };
                 let qkvo = ["attn.q", "attn.k", "attn.v", "attn.o"].map(|n| linear(n, (d, d)));
                 let (gate, up, down) = (
@@ -336,7 +337,7 @@ impl TemporalBlock {
                 };
                 let (ln_a, ln_m) = (norm("ln_a"), norm("ln_m"));
                 let mut linear = |name: &str, dims| {
-                    TemporalLinear::new(init, &format!("block.{name}"), dims, p, e, true)
+                    TemporalLinear::new(init, &format!("block.{name}"), dims, p, e, true, w0)
                 };
                 TemporalBlock::Gpt {
                     ln_a,

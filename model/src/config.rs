@@ -17,6 +17,7 @@
 //! dropout = 0.0
 //! tie_embeddings = true     # the head reuses the token embedding (gpt2 / neural-ode)
 //! llama_norm = "parallel"   # parallel: MLP(N2(x)); reference: MLP(N2(N1(x)))
+//! w0_init_std = 0.02        # std of W0 at init (0: the reference's; see the field's doc)
 //! ```
 
 use crate::{Error, Result};
@@ -46,6 +47,24 @@ impl ModelKind {
 
     pub fn is_ode(self) -> bool {
         self != ModelKind::Gpt2
+    }
+
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [ModelKind; 3] = [ModelKind::NeuralOde, ModelKind::LlamaOde, ModelKind::Gpt2];
+}
+
+impl std::str::FromStr for ModelKind {
+    type Err = Error;
+
+    /// The kebab-case names of `name` (the spelling of config files and `--model`).
+    fn from_str(s: &str) -> Result<ModelKind> {
+        let names: Vec<&str> = ModelKind::ALL.iter().map(|k| k.name()).collect();
+        ModelKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::Config {
+                msg: format!("unknown model {s:?}; the models are {names:?}"),
+            })
     }
 }
 
@@ -85,6 +104,13 @@ pub struct Config {
     /// Whether logits use the token embedding (true for the GPT-2 variants).
     pub tie_embeddings: bool,
     pub llama_norm: LlamaNorm,
+    /// The std of W0, the t-independent part of every temporal linear, at initialisation (ODE
+    /// models only). 0 is the reference's init (MODEL.md section 3): W(t) = sum_k h_k(t) W_k
+    /// starts about 1e-4 in size, a product of three small factors that takes thousands of steps
+    /// to grow. The `tiny` preset starts W0 at 0.02 like a GPT-2 layer's weights instead, so the
+    /// model begins as a weight-tied transformer and learns its time dependence from there: it is
+    /// what lets the CPU default reach its quality bar in minutes (bench/RESULTS.md).
+    pub w0_init_std: f32,
     /// An ODE model re-discretised into `n_steps` ordinary layers (`to_discrete`): set by the
     /// converter, not by hand.
     pub discrete: bool,
@@ -117,6 +143,7 @@ impl Config {
             dropout: 0.0,
             tie_embeddings: true,
             llama_norm: LlamaNorm::Parallel,
+            w0_init_std: 0.02,
             discrete: false,
         }
     }
@@ -132,6 +159,7 @@ impl Config {
             time_embed_dim: e,
             sinusoidal_dim: 128,
             dropout: 0.1,
+            w0_init_std: 0.0,
             ..Config::tiny()
         }
     }
@@ -211,6 +239,12 @@ impl Config {
             return bad(format!(
                 "RoPE needs an even head dim, got {}",
                 self.head_dim()
+            ));
+        }
+        if !(self.w0_init_std.is_finite() && self.w0_init_std >= 0.0) {
+            return bad(format!(
+                "w0_init_std must be >= 0, got {}",
+                self.w0_init_std
             ));
         }
         if self.discrete && !self.model.is_ode() {

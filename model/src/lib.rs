@@ -30,10 +30,13 @@ pub mod layers;
 pub mod model;
 pub mod ode;
 pub mod optim;
+pub mod plot;
+pub mod sample;
 pub mod solver;
 pub mod stem;
 pub mod temporal;
 pub mod time;
+pub mod train;
 
 pub use config::{Config, LlamaNorm, ModelKind};
 pub use error::{Error, Result};

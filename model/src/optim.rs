@@ -13,7 +13,7 @@ use odeflow_runtime::{DType, Tensor};
 use std::collections::BTreeMap;
 
 /// The optimiser's settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OptimConfig {
     /// The peak learning rate, reached at the end of warmup.
     pub lr: f32,

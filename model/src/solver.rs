@@ -33,7 +33,8 @@ pub enum Solver {
 }
 
 /// What a solve keeps for the backward pass.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GradMode {
     /// Record every intermediate of every step (exact; memory grows with L times a step).
     Backprop,

@@ -76,7 +76,8 @@ pub struct TemporalLinear {
 }
 
 impl TemporalLinear {
-    /// W0 = 0, W_k ~ N(0, 0.02^2), B_k ~ 1e-4 N(0, 1) (MODEL.md section 3), under
+    /// W0 ~ N(0, w0_std^2) (0 in the reference), W_k ~ N(0, 0.02^2), B_k ~ 1e-4 N(0, 1)
+    /// (MODEL.md section 3; `Config::w0_init_std` says why W0 may start non-zero), under
     /// `{prefix}.weight`, `{prefix}.bias` and `{prefix}.hyper.*`.
     pub fn new(
         init: &mut Init,
@@ -85,6 +86,7 @@ impl TemporalLinear {
         phi_dim: usize,
         e: usize,
         bias: bool,
+        w0_std: f32,
     ) -> TemporalLinear {
         let (d_in, d_out) = dims;
         let hyper = HyperNet::new(init, prefix, phi_dim, e);
@@ -96,7 +98,13 @@ impl TemporalLinear {
             DType::F32,
             &mut init.stream(&name),
         );
-        let w0 = Tensor::zeros(&[1, d_in, d_out], DType::F32);
+        // W0 draws from its own stream, so the W_k are the same whatever its std
+        let w0 = if w0_std > 0.0 {
+            let stream = &mut init.stream(&format!("{name}.w0"));
+            Tensor::randn(&[1, d_in, d_out], 0.0, w0_std, DType::F32, stream)
+        } else {
+            Tensor::zeros(&[1, d_in, d_out], DType::F32)
+        };
         let stacked = Tensor::cat(&[w0, w_k], 0).expect("same trailing dims");
         let weight = init.value(&name, stacked);
         let bias = bias.then(|| init.normal(&format!("{prefix}.bias"), &[e, d_out], BIAS_INIT_STD));
@@ -222,7 +230,7 @@ mod tests {
     fn the_batched_product_equals_w0_plus_sum_of_h_k_w_k_at_each_step() {
         let (e, d_in, d_out, s) = (3, 4, 5, 2);
         let mut init = Init::new(1);
-        let lin = TemporalLinear::new(&mut init, "m", (d_in, d_out), 2 * s + 1, e, true);
+        let lin = TemporalLinear::new(&mut init, "m", (d_in, d_out), 2 * s + 1, e, true, 0.0);
         randomized(init.finish());
         let tape = Tape::new();
         let phi = tape.constant(phi_rows(&[0.25, 0.5, 0.75, 1.0], s));
@@ -292,7 +300,7 @@ mod tests {
     #[test]
     fn initialisation_follows_model_md() {
         let mut init = Init::new(3);
-        let lin = TemporalLinear::new(&mut init, "m", (8, 16), 9, 4, true);
+        let lin = TemporalLinear::new(&mut init, "m", (8, 16), 9, 4, true, 0.0);
         let f = lin.weight.value().to_vec::<f32>().unwrap();
         let (w0, w_k) = f.split_at(8 * 16);
         assert!(w0.iter().all(|&x| x == 0.0), "W0 starts at 0");

@@ -1,0 +1,614 @@
+//! `train`: the main job. With no arguments it trains the tiny neural ODE transformer on the
+//! shipped Shakespeare corpus, byte by byte, on the CPU:
+//!
+//! ```text
+//! cargo run --release --bin train                      # the default run (runs/neural-ode)
+//! cargo run --release --bin train -- --model gpt2      # the vanilla baseline beside it
+//! cargo run --release --bin train -- --resume          # continue the run in --out-dir
+//! cargo run --release --bin train -- --help            # every flag
+//! ```
+//!
+//! On the first run it tokenises the corpus into shards (`data/shards/<tokenizer>`). It prints
+//! one line per step (step, loss, learning rate, ms per step, tokens per second, and for the ODE
+//! models the vector-field evaluations per forward pass) above a progress bar, a line per
+//! validation pass and per checkpoint, and at the end a sample of generated text. Into
+//! `--out-dir` it writes `checkpoint.safetensors` (model, optimiser moments, loader position:
+//! everything `--resume` needs), `metrics.jsonl` (a JSON object per step and per evaluation),
+//! `loss.png` (train and val loss against the step) and `config.toml` (the model's config).
+//!
+//! Faults, and what survives them: a NaN or infinite loss stops the run with exit code 1 and
+//! the last checkpoint untouched; an output folder that cannot be written (or a disk too full for
+//! one checkpoint) fails before the first step; Ctrl-C finishes the current step, writes a
+//! checkpoint and exits with code 130; a run killed outright resumes from its last checkpoint
+//! and, from there on, reproduces the uninterrupted run bit for bit.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use odeflow_data::{ensure_shards, PrepareConfig, ShardSet, Tokenizer};
+use odeflow_model::optim::OptimConfig;
+use odeflow_model::plot::{plot_curves, Curve};
+use odeflow_model::sample::{generate, SampleOptions};
+use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord};
+use odeflow_model::train::{TrainOptions, Trainer};
+use odeflow_model::{checkpoint, Config, GradMode, Model, ModelKind};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const BAR_TEMPLATE: &str = "{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} steps (eta {eta})";
+
+/// Train a neural ODE transformer (or its Llama variant, or a vanilla GPT-2) on a text corpus.
+///
+/// Every flag has a default; with none at all this trains the `tiny` neural ODE on the shipped
+/// Shakespeare corpus with the byte tokeniser. With --resume, the run's settings come from its
+/// checkpoint: a flag given beside --resume must agree with them.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// neural-ode (the paper's model), llama-ode (its Llama variant) or gpt2 (the baseline).
+    #[arg(long)]
+    model: Option<ModelKind>,
+
+    /// Model size: tiny (the CPU default), small, medium or large (MODEL.md section 8).
+    #[arg(long)]
+    preset: Option<String>,
+
+    /// A TOML model config (see `odeflow_model::config`); replaces --preset. --model and
+    /// --seq-len still apply on top.
+    #[arg(long)]
+    config: Option<PathBuf>,
+
+    /// Optimiser steps in the whole run [default: 2000].
+    #[arg(long)]
+    steps: Option<usize>,
+
+    /// Windows (sequences) per micro-batch [default: 12].
+    #[arg(long)]
+    batch: Option<usize>,
+
+    /// Micro-batches per optimiser step (gradient accumulation) [default: 1].
+    #[arg(long)]
+    accum: Option<usize>,
+
+    /// Tokens per window: the context length [default: the config's, 64 for tiny].
+    #[arg(long)]
+    seq_len: Option<usize>,
+
+    /// Peak learning rate [default: 2e-3 for tiny, else the paper's 6e-4 / 3e-4].
+    #[arg(long)]
+    lr: Option<f32>,
+
+    /// Linear warmup steps before the cosine decay [default: 1% of the steps].
+    #[arg(long)]
+    warmup: Option<usize>,
+
+    /// AdamW's second-moment decay [default: the paper's 0.999; 0.99 for tiny].
+    #[arg(long)]
+    beta2: Option<f32>,
+
+    /// Dropout probability [default: the config's, 0 for tiny].
+    #[arg(long)]
+    dropout: Option<f32>,
+
+    /// Tokeniser: byte (V = 256) or gpt2 (GPT-2 BPE, V = 50257).
+    #[arg(long, default_value = "byte")]
+    tokenizer: Tokenizer,
+
+    /// Text files or folders of .txt files to train on, tokenised on the first run.
+    #[arg(long, default_value = "data/corpus/shakespeare")]
+    corpus: Vec<PathBuf>,
+
+    /// Where the token shards are (prepared from --corpus if missing) [default:
+    /// data/shards/<tokenizer>].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+
+    /// Where the checkpoint, metrics.jsonl and loss.png go [default: runs/<model>].
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+
+    /// Seeds the initial weights, the order of the training windows and the dropout masks
+    /// [default: 1337].
+    #[arg(long)]
+    seed: Option<u64>,
+
+    /// cpu, or cuda (the CUDA backend is issue 8; until it lands, cuda is refused).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+
+    /// Evaluate on the validation split every N steps (0: only at the end) [default: 500].
+    #[arg(long)]
+    eval_every: Option<usize>,
+
+    /// Validation batches per periodic evaluation (0: the whole split) [default: 20].
+    #[arg(long)]
+    eval_batches: Option<usize>,
+
+    /// Validation batches of the final evaluation (0: the whole split, about 660 batches of
+    /// 12 x 64 bytes on the shipped corpus) [default: 200, nanoGPT's count: 153,600 tokens].
+    #[arg(long)]
+    final_eval_batches: Option<usize>,
+
+    /// Write a checkpoint every N steps (0: only at the end and on Ctrl-C) [default: 500].
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+
+    /// backprop (keep every step's activations; fastest) or checkpoint (recompute each ODE
+    /// step in the backward pass: the reference's method, memory of one step) [default:
+    /// backprop].
+    #[arg(long)]
+    grad_mode: Option<String>,
+
+    /// Continue the run saved in --out-dir.
+    #[arg(long)]
+    resume: bool,
+
+    /// Start a new run in an --out-dir that already holds one (its files are replaced).
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+
+    /// Bytes (tokens) of text to sample at the end (0: none) [default: 300].
+    #[arg(long, default_value_t = 300)]
+    sample_tokens: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The run's files in --out-dir.
+struct RunFiles {
+    dir: PathBuf,
+    checkpoint: PathBuf,
+    metrics: PathBuf,
+    plot: PathBuf,
+    config: PathBuf,
+}
+
+impl RunFiles {
+    fn new(dir: &Path) -> RunFiles {
+        RunFiles {
+            dir: dir.to_path_buf(),
+            checkpoint: dir.join("checkpoint.safetensors"),
+            metrics: dir.join("metrics.jsonl"),
+            plot: dir.join("loss.png"),
+            config: dir.join("config.toml"),
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode> {
+    odeflow_runtime::memory::keep_freed_memory();
+    if args.device != "cpu" {
+        return Err(format!(
+            "--device {}: only the CPU backend exists so far (the CUDA backend is issue 8); \
+             use --device cpu",
+            args.device
+        )
+        .into());
+    }
+    let out_dir = args.out_dir.clone().unwrap_or_else(|| {
+        let kind = args.model.unwrap_or(ModelKind::NeuralOde);
+        PathBuf::from("runs").join(kind.name())
+    });
+    let files = RunFiles::new(&out_dir);
+
+    // settings: from the flags, or from the checkpoint of the run being resumed
+    let (cfg, options) = if args.resume {
+        saved_settings(args, &files.checkpoint)?
+    } else {
+        let (cfg, options) = settings(args)?;
+        if files.checkpoint.exists() && !args.force {
+            return Err(format!(
+                "{} already holds a run; pass --resume to continue it, --force to replace it, \
+                 or --out-dir to start one elsewhere",
+                out_dir.display()
+            )
+            .into());
+        }
+        (cfg, options)
+    };
+    preflight(&files, &cfg)?;
+
+    // data, prepared on the first run
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("data/shards").join(args.tokenizer.name()));
+    let shards = shards(args, &data_dir)?;
+    if cfg.vocab_size < args.tokenizer.vocab_size() as usize {
+        return Err(format!(
+            "the model's vocabulary ({}) is smaller than the {} tokeniser's ({})",
+            cfg.vocab_size,
+            args.tokenizer,
+            args.tokenizer.vocab_size()
+        )
+        .into());
+    }
+    let loader = shards.train_loader(options.batch, cfg.seq_len, options.seed)?;
+    let mut val = shards.val_loader(options.batch, cfg.seq_len)?;
+
+    let mut trainer = if args.resume {
+        let trainer = Trainer::resume(&files.checkpoint, loader)?;
+        println!(
+            "resuming {} at step {}/{}",
+            files.checkpoint.display(),
+            trainer.steps_done(),
+            options.steps
+        );
+        trainer
+    } else {
+        let model = Model::new(&cfg, options.seed)?;
+        fs::write(&files.config, cfg.to_toml())?;
+        Trainer::new(model, loader, options.clone())?
+    };
+    let mut log = if args.resume {
+        MetricsLog::resume(&files.metrics, trainer.steps_done())?
+    } else {
+        MetricsLog::create(&files.metrics)?
+    };
+    println!(
+        "model {} ({:.2} M parameters, D {}, L {}, T {}) | {} steps x {} tokens | lr {:.1e} | \
+         out {}",
+        cfg.model.name(),
+        cfg.param_count() as f64 / 1e6,
+        cfg.d_model,
+        cfg.n_steps,
+        cfg.seq_len,
+        options.steps,
+        options.tokens_per_step(cfg.seq_len),
+        options.optim.lr,
+        out_dir.display()
+    );
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
+    }
+    let bar = ProgressBar::new(options.steps as u64);
+    bar.set_style(ProgressStyle::with_template(BAR_TEMPLATE).expect("a valid template"));
+    bar.set_position(trainer.steps_done() as u64);
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+
+    while !trainer.is_done() {
+        if interrupted.load(Ordering::SeqCst) {
+            bar.abandon();
+            trainer.save(&files.checkpoint)?;
+            println!(
+                "interrupted: checkpoint of step {} written to {}; continue with --resume",
+                trainer.steps_done(),
+                files.checkpoint.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        let record = match trainer.step() {
+            Ok(record) => record,
+            Err(err) => {
+                bar.abandon();
+                let kept = match checkpoint::read(&files.checkpoint) {
+                    Ok(c) => match train::run_state(&files.checkpoint, &c.metadata) {
+                        Ok(state) => format!("step {}", state.step),
+                        Err(_) => "unreadable".into(),
+                    },
+                    Err(_) => "none written yet".into(),
+                };
+                return Err(format!(
+                    "{err}\nthe last checkpoint ({kept}) is untouched: {}",
+                    files.checkpoint.display()
+                )
+                .into());
+            }
+        };
+        say(step_line(&record, options.steps, cfg.model.is_ode()));
+        log.append(&Record::Train(record))?;
+        bar.set_position(trainer.steps_done() as u64);
+        let step = trainer.steps_done();
+        if options.eval_every > 0 && step % options.eval_every == 0 && !trainer.is_done() {
+            let eval = trainer.evaluate(&mut val, options.eval_batches)?;
+            say(eval_line(&eval, "val"));
+            log.append(&Record::Val(eval))?;
+        }
+        if options.checkpoint_every > 0 && step % options.checkpoint_every == 0 {
+            let start = Instant::now();
+            trainer.save(&files.checkpoint)?;
+            say(format!(
+                "checkpoint step {step} -> {} ({:.0} ms)",
+                files.checkpoint.display(),
+                start.elapsed().as_secs_f64() * 1e3
+            ));
+        }
+    }
+    bar.finish_and_clear();
+
+    // the end: a larger validation pass, a checkpoint, the plot, a sample
+    let eval = trainer.evaluate(&mut val, options.final_eval_batches)?;
+    println!("{}", eval_line(&eval, "final val"));
+    log.append(&Record::Val(eval.clone()))?;
+    trainer.save(&files.checkpoint)?;
+    plot(&files)?;
+    if args.sample_tokens > 0 {
+        print_sample(
+            trainer.model(),
+            args.tokenizer,
+            args.sample_tokens,
+            options.seed,
+        )?;
+    }
+    println!(
+        "done: {} steps in {:.1} s of training; val loss {:.4} (perplexity {:.2}); files in {}",
+        trainer.steps_done(),
+        trainer.train_seconds(),
+        eval.loss,
+        eval.perplexity,
+        files.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The model config and run options of a new run, from the flags and their defaults.
+fn settings(args: &Args) -> Result<(Config, TrainOptions)> {
+    let mut cfg = match (&args.config, &args.preset) {
+        (Some(path), _) => Config::from_file(path)?,
+        (None, preset) => Config::preset(preset.as_deref().unwrap_or("tiny"))?,
+    };
+    if let Some(kind) = args.model {
+        cfg = cfg.with_model(kind);
+    }
+    if let Some(t) = args.seq_len {
+        cfg.seq_len = t;
+    }
+    if let Some(p) = args.dropout {
+        cfg.dropout = p;
+    }
+    // a preset's vocabulary is the tokeniser's (the byte model needs no 50257-row table); a
+    // config file's is kept, and checked against the tokeniser once the data is open
+    if args.config.is_none() {
+        cfg.vocab_size = args.tokenizer.vocab_size() as usize;
+    }
+    cfg.validate()?;
+
+    let steps = args.steps.unwrap_or(2000);
+    let mut optim = OptimConfig::paper(&cfg, steps);
+    // The tiny CPU model trains for a few thousand steps of 768 tokens, not the paper's tens
+    // of thousands of 512 x 1024: like nanoGPT's recipe for it, a higher peak rate and a
+    // faster-adapting second moment (bench/RESULTS.md has the runs that chose them).
+    if cfg.d_model <= 256 {
+        optim.lr = 2e-3;
+        optim.beta2 = 0.99;
+    }
+    if let Some(lr) = args.lr {
+        optim.lr = lr;
+    }
+    if let Some(b) = args.beta2 {
+        optim.beta2 = b;
+    }
+    if let Some(w) = args.warmup {
+        optim.warmup_steps = w;
+    }
+    let options = TrainOptions {
+        steps,
+        batch: args.batch.unwrap_or(12),
+        accum: args.accum.unwrap_or(1),
+        seed: args.seed.unwrap_or(1337),
+        eval_every: args.eval_every.unwrap_or(500),
+        eval_batches: args.eval_batches.unwrap_or(20),
+        final_eval_batches: args.final_eval_batches.unwrap_or(200),
+        checkpoint_every: args.checkpoint_every.unwrap_or(500),
+        grad: grad_mode(args.grad_mode.as_deref().unwrap_or("backprop"))?,
+        optim,
+    };
+    options.validate()?;
+    Ok((cfg, options))
+}
+
+fn grad_mode(name: &str) -> Result<GradMode> {
+    match name {
+        "backprop" => Ok(GradMode::Backprop),
+        "checkpoint" => Ok(GradMode::Checkpoint),
+        other => Err(format!("--grad-mode {other:?}: expected backprop or checkpoint").into()),
+    }
+}
+
+/// The settings of the run saved at `path`. Flags given beside --resume must agree with them:
+/// a resumed run that changed its batch or schedule would not continue the same run.
+fn saved_settings(args: &Args, path: &Path) -> Result<(Config, TrainOptions)> {
+    if !path.exists() {
+        return Err(format!(
+            "--resume: no checkpoint at {}; start the run without --resume first",
+            path.display()
+        )
+        .into());
+    }
+    let contents = checkpoint::read(path)?;
+    let state = train::run_state(path, &contents.metadata)?;
+    let (cfg, options) = (contents.config, state.options);
+    let mut clashes = Vec::new();
+    let mut check = |flag: &str, given: Option<String>, saved: String| {
+        if let Some(given) = given.filter(|g| *g != saved) {
+            clashes.push(format!("--{flag} {given} (the run has {saved})"));
+        }
+    };
+    check(
+        "model",
+        args.model.map(|m| m.name().into()),
+        cfg.model.name().into(),
+    );
+    check(
+        "steps",
+        args.steps.map(|v| v.to_string()),
+        options.steps.to_string(),
+    );
+    check(
+        "batch",
+        args.batch.map(|v| v.to_string()),
+        options.batch.to_string(),
+    );
+    check(
+        "accum",
+        args.accum.map(|v| v.to_string()),
+        options.accum.to_string(),
+    );
+    check(
+        "seq-len",
+        args.seq_len.map(|v| v.to_string()),
+        cfg.seq_len.to_string(),
+    );
+    check(
+        "lr",
+        args.lr.map(|v| v.to_string()),
+        options.optim.lr.to_string(),
+    );
+    check(
+        "seed",
+        args.seed.map(|v| v.to_string()),
+        options.seed.to_string(),
+    );
+    if args.preset.is_some() || args.config.is_some() || args.dropout.is_some() {
+        clashes.push("--preset/--config/--dropout (a resumed run keeps its model)".into());
+    }
+    if !clashes.is_empty() {
+        return Err(format!(
+            "--resume continues the run as it was started; these flags disagree with it: {}",
+            clashes.join(", ")
+        )
+        .into());
+    }
+    Ok((cfg, options))
+}
+
+/// Fails now, not after an hour of training, if the run's files cannot be written: creates the
+/// folder and writes (then removes) a file as big as one checkpoint.
+fn preflight(files: &RunFiles, cfg: &Config) -> Result<()> {
+    let fail = |what: &str, e: std::io::Error| -> Box<dyn std::error::Error> {
+        format!(
+            "cannot {what} in the output folder {}: {e}; choose another with --out-dir",
+            files.dir.display()
+        )
+        .into()
+    };
+    fs::create_dir_all(&files.dir).map_err(|e| fail("create it", e))?;
+    // parameters and two moments in f32, and room for the metadata
+    let bytes = cfg.param_count() * 4 * 3 + (1 << 20);
+    let probe = files.dir.join(".write-probe");
+    let written = (|| {
+        let mut f = fs::File::create(&probe)?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            f.write_all(&chunk[..n])?;
+            left -= n;
+        }
+        f.sync_all()
+    })();
+    let _ = fs::remove_file(&probe);
+    written.map_err(|e| fail(&format!("write a checkpoint-sized file ({bytes} bytes)"), e))
+}
+
+/// The corpus's shards, tokenised now if this is the first run.
+fn shards(args: &Args, dir: &Path) -> Result<ShardSet> {
+    if let Some(set) = ShardSet::find(dir, args.tokenizer)? {
+        return Ok(set);
+    }
+    println!(
+        "preparing {} shards of {} in {} (first run only)",
+        args.tokenizer,
+        args.corpus
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        dir.display()
+    );
+    let start = Instant::now();
+    let set = ensure_shards(&args.corpus, dir, &PrepareConfig::new(args.tokenizer))?;
+    println!(
+        "prepared {} train and {} val shard(s) in {:.1} s",
+        set.train.len(),
+        set.val.len(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(set)
+}
+
+fn step_line(r: &StepRecord, steps: usize, ode: bool) -> String {
+    let nfe = if ode {
+        format!(" | nfe {}", r.nfe)
+    } else {
+        String::new()
+    };
+    format!(
+        "step {:>5}/{steps} | loss {:.4} | lr {:.2e} | {:.1} ms | {:.0} tok/s{nfe}",
+        r.step, r.loss, r.lr, r.ms, r.tokens_per_s
+    )
+}
+
+fn eval_line(e: &EvalRecord, what: &str) -> String {
+    format!(
+        "{what} at step {}: loss {:.4} | perplexity {:.2} | {} tokens in {:.1} s",
+        e.step, e.loss, e.perplexity, e.tokens, e.seconds
+    )
+}
+
+/// loss.png from everything in metrics.jsonl (this run and the parts before any resume).
+fn plot(files: &RunFiles) -> Result<()> {
+    let records = metrics::read(&files.metrics)?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for r in &records {
+        match r {
+            Record::Train(s) => train.push((s.step as f64, s.loss)),
+            Record::Val(e) => val.push((e.step as f64, e.loss)),
+        }
+    }
+    let curves = [
+        Curve {
+            label: "train",
+            points: &train,
+        },
+        Curve {
+            label: "val",
+            points: &val,
+        },
+    ];
+    plot_curves(&files.plot, "loss", "step", "loss (nats/token)", &curves)?;
+    println!("plot -> {}", files.plot.display());
+    Ok(())
+}
+
+/// A short sample from the trained model, prompted with a newline.
+fn print_sample(model: &Model, tokenizer: Tokenizer, n: usize, seed: u64) -> Result<()> {
+    let prompt = tokenizer.encode("\n")?;
+    let opts = SampleOptions {
+        temperature: 0.8,
+        top_k: 0,
+        seed,
+    };
+    let tokens = generate(model, &prompt, n, &opts)?;
+    let text = tokenizer.decode(&tokens).unwrap_or_else(|_| {
+        // a byte model may stop inside a multi-byte character
+        String::from_utf8_lossy(&tokens.iter().map(|&t| t as u8).collect::<Vec<_>>()).into()
+    });
+    println!("sample (temperature 0.8):\n---{text}\n---");
+    Ok(())
+}
