@@ -28,6 +28,7 @@ struct Case {
 fn main() {
     // as the trainer does: keep freed activations for the next step (see the function's doc)
     odeflow_runtime::memory::keep_freed_memory();
+    odeflow_runtime::cpu::join_thread_pool();
     let args: Vec<String> = std::env::args().collect();
     let reps = match args.iter().position(|a| a == "--reps") {
         Some(i) => args.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(5),

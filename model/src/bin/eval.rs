@@ -91,6 +91,8 @@ struct Report {
 }
 
 fn main() -> ExitCode {
+    odeflow_runtime::cpu::join_thread_pool();
+    odeflow_runtime::memory::keep_freed_memory();
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

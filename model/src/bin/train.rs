@@ -193,6 +193,7 @@ impl RunFiles {
 
 fn run(args: &Args) -> Result<ExitCode> {
     odeflow_runtime::memory::keep_freed_memory();
+    odeflow_runtime::cpu::join_thread_pool();
     if args.device != "cpu" {
         return Err(format!(
             "--device {}: only the CPU backend exists so far (the CUDA backend is issue 8); \

@@ -23,6 +23,23 @@ pub const PAR_MIN_ELEMS: usize = 1 << 15;
 /// Rows per task when partial sums over rows are computed in parallel (see `sum_over_rows`).
 const ROWS_PER_CHUNK: usize = 64;
 
+/// Makes the calling thread one of the worker threads of rayon's global pool. Call it first
+/// thing in a binary's `main`, before any op runs.
+///
+/// Why: by default the main thread is not a worker, so every parallel op it starts is handed to
+/// the pool while the main thread sleeps until a worker finishes it: two thread wake-ups per op.
+/// A training step runs a few thousand ops, and on the 2-core CI machine that cost about 45,000
+/// context switches a second and a tenth of the step (`bench/RESULTS.md`). As a worker, the main
+/// thread runs its own share of each op and the other workers steal the rest. A library must
+/// not configure the process's pool behind its caller's back, so nothing here calls it. Returns
+/// false if the global pool had already been built (then nothing changes).
+pub fn join_thread_pool() -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global()
+        .is_ok()
+}
+
 /// Elements per task in the elementwise loops below: 64 KiB of f32, a comfortable L2 share.
 const ELEMS_PER_CHUNK: usize = 1 << 14;
 
