@@ -176,6 +176,11 @@ pub fn gemm_with_kernel(
         small::gemm_small(a, b, c, ldc, accumulate);
         return;
     }
+    if small::suits_dots(a, b) {
+        let parallel = par == Parallelism::Rayon && macs >= PARALLEL_MIN_MACS;
+        small::gemm_dots(a, b, c, ldc, accumulate, parallel);
+        return;
+    }
     let threads = match par {
         Parallelism::Rayon if macs >= PARALLEL_MIN_MACS => rayon::current_num_threads(),
         _ => 1,

@@ -83,3 +83,68 @@ fn dot_contiguous(x: &[f32], y: &[f32]) -> f32 {
     }
     partial.iter().sum::<f32>() + tail
 }
+
+/// Most elements of C for which `gemm_dots` is used instead of packing.
+pub(super) const DOTS_MAX_OUTPUTS: usize = 64;
+/// Shortest k for which `gemm_dots` pays.
+pub(super) const DOTS_MIN_K: usize = 1024;
+/// Steps of k per task of `gemm_dots`: a chunk of every row of A and column of B (up to 64 of
+/// them, 16 KiB each) stays in L2 while all the dot products over it are taken.
+const DOTS_K_CHUNK: usize = 4096;
+
+/// Whether `gemm_dots` can take this product: a small C (m n <= 64) over a long k, with the rows
+/// of A and the columns of B each contiguous along k. The hypernetwork's backward has this
+/// shape: d[1, h(t_i)] = dW_i . F_j over all d_in d_out weights, a [L, P] times [P, E+1] product
+/// with P in the tens of thousands, where a packed kernel would pad the 4 x 9 output to a whole
+/// register tile and waste nine tenths of its arithmetic.
+pub(super) fn suits_dots(a: MatRef<'_>, b: MatRef<'_>) -> bool {
+    a.rows * b.cols <= DOTS_MAX_OUTPUTS
+        && a.cols >= DOTS_MIN_K
+        && a.col_stride == 1
+        && b.row_stride == 1
+}
+
+/// C = A B (or C += A B) as m n dot products, with k cut into fixed chunks: each chunk's m n
+/// partial sums are one task, and the partials are added in chunk order, so the result does not
+/// depend on how many threads ran the chunks.
+///
+/// Shapes: as `gemm`, with `suits_dots(a, b)`.
+pub(super) fn gemm_dots(
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let chunk = |start: usize| -> Vec<f32> {
+        let end = (start + DOTS_K_CHUNK).min(k);
+        let mut sums = vec![0.0f32; m * n];
+        for i in 0..m {
+            let a_row = &a.data[i * a.row_stride + start..i * a.row_stride + end];
+            for j in 0..n {
+                let b_col = &b.data[j * b.col_stride + start..j * b.col_stride + end];
+                sums[i * n + j] = dot_contiguous(a_row, b_col);
+            }
+        }
+        sums
+    };
+    let starts: Vec<usize> = (0..k).step_by(DOTS_K_CHUNK).collect();
+    let partials: Vec<Vec<f32>> = if parallel {
+        starts.par_iter().map(|&s| chunk(s)).collect()
+    } else {
+        starts.iter().map(|&s| chunk(s)).collect()
+    };
+    if !accumulate {
+        zero_c(c, m, n, ldc);
+    }
+    for sums in &partials {
+        for i in 0..m {
+            for j in 0..n {
+                c[i * ldc + j] += sums[i * n + j];
+            }
+        }
+    }
+}

@@ -204,6 +204,8 @@ fn big_cases() -> Vec<Case> {
         (7, 5, 4100, Storage::RowMajor, Storage::ColMajor),
         (300, 1, 300, Storage::ColMajor, Storage::ColMajor),
         (200, 70, 90, Storage::Broadcast, Storage::Padded),
+        // the dot-product path: a small C over a long k (the hypernetwork's backward)
+        (4, 9001, 9, Storage::RowMajor, Storage::ColMajor),
     ];
     let mut cases = Vec::new();
     for (seed, &(m, k, n, a_storage, b_storage)) in shapes.iter().enumerate() {
@@ -291,6 +293,26 @@ fn threads_do_not_change_the_result() {
     let a = rng.fill(m * k);
     let b = rng.fill(k * n);
     let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+    let mut sequential = vec![0.0; m * n];
+    gemm(a, b, &mut sequential, n, false, Parallelism::Sequential);
+    let mut parallel = vec![0.0; m * n];
+    pool().install(|| gemm(a, b, &mut parallel, n, false, Parallelism::Rayon));
+    assert!(sequential
+        .iter()
+        .zip(&parallel)
+        .all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+#[test]
+fn threads_do_not_change_the_dot_product_path() {
+    // k is cut into fixed chunks whose partial sums are added in order, whatever ran them
+    let mut rng = Rng(11);
+    let (m, k, n) = (4, 20_000, 9);
+    let a = rng.fill(m * k);
+    let b_t = rng.fill(n * k); // B^T row-major: the columns of B are contiguous
+    let a = MatRef::row_major(&a, m, k);
+    let b = MatRef::row_major(&b_t, n, k).t();
+    assert!(small::suits_dots(a, b));
     let mut sequential = vec![0.0; m * n];
     gemm(a, b, &mut sequential, n, false, Parallelism::Sequential);
     let mut parallel = vec![0.0; m * n];
