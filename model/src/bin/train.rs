@@ -545,7 +545,7 @@ fn shards(args: &Args, dir: &Path) -> Result<ShardSet> {
     let start = Instant::now();
     let set = ensure_shards(&args.corpus, dir, &PrepareConfig::new(args.tokenizer))?;
     println!(
-        "prepared {} train and {} val shard(s) in {:.1} s",
+        "prepared {} train and {} val shard(s) in {:.2} s",
         set.train.len(),
         set.val.len(),
         start.elapsed().as_secs_f64()
@@ -592,7 +592,8 @@ fn plot(files: &RunFiles) -> Result<()> {
             points: &val,
         },
     ];
-    plot_curves(&files.plot, "loss", "step", "loss (nats/token)", &curves)?;
+    let title = format!("{}: loss", files.dir.display());
+    plot_curves(&files.plot, &title, "step", "loss (nats/token)", &curves)?;
     println!("plot -> {}", files.plot.display());
     Ok(())
 }
