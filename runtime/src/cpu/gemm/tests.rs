@@ -293,6 +293,12 @@ fn threads_do_not_change_the_result() {
     let a = rng.fill(m * k);
     let b = rng.fill(k * n);
     let (a, b) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+    assert_threads_agree(a, b);
+}
+
+/// C = A B on one thread and on TEST_THREADS threads, equal to the bit.
+fn assert_threads_agree(a: MatRef<'_>, b: MatRef<'_>) {
+    let (m, n) = (a.rows, b.cols);
     let mut sequential = vec![0.0; m * n];
     gemm(a, b, &mut sequential, n, false, Parallelism::Sequential);
     let mut parallel = vec![0.0; m * n];
@@ -313,14 +319,7 @@ fn threads_do_not_change_the_dot_product_path() {
     let a = MatRef::row_major(&a, m, k);
     let b = MatRef::row_major(&b_t, n, k).t();
     assert!(small::suits_dots(a, b));
-    let mut sequential = vec![0.0; m * n];
-    gemm(a, b, &mut sequential, n, false, Parallelism::Sequential);
-    let mut parallel = vec![0.0; m * n];
-    pool().install(|| gemm(a, b, &mut parallel, n, false, Parallelism::Rayon));
-    assert!(sequential
-        .iter()
-        .zip(&parallel)
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert_threads_agree(a, b);
 }
 
 #[test]
