@@ -360,6 +360,65 @@ pub fn evaluate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Config;
+    use odeflow_data::{write_shard, Shard};
+
+    /// A trainer over a shard of pseudo-random bytes, for a small model without dropout.
+    fn trainer(dir: &Path, batch: usize, accum: usize) -> Trainer {
+        let cfg = Config {
+            seq_len: 8,
+            d_model: 16,
+            n_heads: 2,
+            n_steps: 2,
+            time_embed_dim: 2,
+            sinusoidal_dim: 2,
+            ..Config::tiny()
+        };
+        let path = dir.join("train.bin");
+        if !path.exists() {
+            let tokens: Vec<u32> = (0..4000u32).map(|i| (i * 7919 + i / 3) % 256).collect();
+            write_shard(&path, &tokens, 256).unwrap();
+        }
+        let shard = Shard::open(&path, 256).unwrap();
+        let loader = TrainLoader::new(vec![shard], batch, cfg.seq_len, 5).unwrap();
+        let options = TrainOptions {
+            steps: 3,
+            batch,
+            accum,
+            seed: 5,
+            eval_every: 0,
+            eval_batches: 0,
+            final_eval_batches: 0,
+            checkpoint_every: 0,
+            grad: GradMode::Backprop,
+            optim: OptimConfig::paper(&cfg, 3),
+        };
+        Trainer::new(Model::new(&cfg, 5).unwrap(), loader, options).unwrap()
+    }
+
+    #[test]
+    fn accumulating_two_half_batches_is_one_step_on_the_whole_batch() {
+        // micro-batches take consecutive windows, so 2 x 3 windows are the same 6 windows
+        let dir = tempfile::tempdir().unwrap();
+        let (mut whole, mut halves) = (trainer(dir.path(), 6, 1), trainer(dir.path(), 3, 2));
+        for _ in 0..3 {
+            let (a, b) = (whole.step().unwrap(), halves.step().unwrap());
+            assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
+            assert!((a.grad_norm - b.grad_norm).abs() < 1e-5 * a.grad_norm.max(1.0));
+        }
+        for (p, q) in whole.model().params().iter().zip(halves.model().params()) {
+            let (x, y) = (
+                p.value().to_f32_vec().unwrap(),
+                q.value().to_f32_vec().unwrap(),
+            );
+            let worst = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{}: {worst}", p.name());
+        }
+    }
 
     #[test]
     fn dropout_seeds_differ_per_step_and_micro_batch_and_repeat_exactly() {
