@@ -101,6 +101,61 @@ pub fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * du
 }
 
+/// Partial results kept side by side by the reductions below: 8 f32 lanes fill an AVX register.
+const LANES: usize = 8;
+
+/// The sum of `xs`, added in 8 interleaved partial sums (then those in order). A float sum in
+/// one accumulator cannot be reordered by the compiler, so it runs one add per add latency;
+/// eight independent sums vectorise. The order is fixed, so the result is deterministic (and a
+/// little more accurate than the sequential sum, not less).
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    let chunks = xs.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    let mut acc = [0.0f32; LANES];
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a += x);
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The dot product of two equal-length slices, with 8 partial sums like `sum`.
+#[inline(always)]
+pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
+    debug_assert_eq!(xs.len(), ys.len());
+    let (xc, yc) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    let mut acc = [0.0f32; LANES];
+    for (x, y) in xc.zip(yc) {
+        for ((a, &p), &q) in acc.iter_mut().zip(x).zip(y) {
+            *a += p * q;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// The largest element, -inf for an empty slice; NaNs are skipped unless every element is NaN
+/// (`f32::max`'s rule, applied lane by lane).
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, &x)| *a = a.max(x));
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +211,29 @@ mod tests {
         assert!(tanh(f32::NAN).is_nan() && sigmoid(f32::NAN).is_nan());
         assert_eq!(tanh(f32::INFINITY), 1.0);
         assert_eq!(sigmoid(f32::NEG_INFINITY), 0.0);
+    }
+
+    #[test]
+    fn lane_reductions_match_the_plain_ones() {
+        for n in [0usize, 1, 7, 8, 9, 64, 1000] {
+            let xs: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let ys: Vec<f32> = (0..n)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 3.0)
+                .collect();
+            let want_sum: f64 = xs.iter().map(|&x| x as f64).sum();
+            let want_dot: f64 = xs.iter().zip(&ys).map(|(&x, &y)| x as f64 * y as f64).sum();
+            let scale = 1.0 + n as f64;
+            assert!((sum(&xs) as f64 - want_sum).abs() < 1e-5 * scale, "sum {n}");
+            assert!(
+                (dot(&xs, &ys) as f64 - want_dot).abs() < 1e-4 * scale,
+                "dot {n}"
+            );
+            let want_max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max(&xs), want_max, "max {n}");
+        }
+        assert_eq!(max(&[f32::NAN, 1.0, f32::NAN]), 1.0);
+        assert_eq!(max(&[f32::NEG_INFINITY; 9]), f32::NEG_INFINITY);
     }
 }

@@ -118,7 +118,7 @@ pub fn cross_entropy_bwd(
 
 /// log sum_j exp(x_j), stable: max + log sum_j exp(x_j - max).
 fn log_sum_exp(x: &[f32]) -> f32 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = math::max(x);
     if max == f32::NEG_INFINITY {
         return max;
     }

@@ -61,7 +61,7 @@ pub fn layer_norm_fwd(
             let (w, b) = (param_or(weight, d, 1.0)?, param_or(bias, d, 0.0)?);
             let rows = xs.len() / d.max(1);
             let row = |r: usize| &xs[r * d..(r + 1) * d];
-            let mean = cpu::map_rows(rows, d, |r| row(r).iter().sum::<f32>() / d as f32);
+            let mean = cpu::map_rows(rows, d, |r| cpu::math::sum(row(r)) / d as f32);
             let rstd = cpu::map_rows(rows, d, |r| {
                 let var = row(r).iter().map(|v| (v - mean[r]).powi(2)).sum::<f32>() / d as f32;
                 1.0 / (var + eps).sqrt()

@@ -17,7 +17,7 @@ enum Kind {
 
 /// One row of softmax or log-softmax, written into `out`.
 fn softmax_row(kind: Kind, x: &[f32], out: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = math::max(x);
     if max == f32::NEG_INFINITY {
         let fill = if kind == Kind::Softmax {
             0.0
@@ -31,7 +31,7 @@ fn softmax_row(kind: Kind, x: &[f32], out: &mut [f32]) {
     out.iter_mut()
         .zip(x)
         .for_each(|(o, &v)| *o = math::exp(v - max));
-    let sum: f32 = out.iter().sum();
+    let sum = math::sum(out);
     match kind {
         Kind::Softmax => {
             let inv = 1.0 / sum;
@@ -103,13 +103,13 @@ fn backward(kind: Kind, op: &'static str, dy: &Tensor, y: &Tensor) -> Result<Ten
                 let (g, p) = (&dys[r * n..(r + 1) * n], &ys[r * n..(r + 1) * n]);
                 match kind {
                     Kind::Softmax => {
-                        let dot: f32 = g.iter().zip(p).map(|(a, b)| a * b).sum();
+                        let dot = math::dot(g, p);
                         row.iter_mut().zip(g.iter().zip(p)).for_each(|(o, (g, p))| {
                             *o = p * (g - dot);
                         });
                     }
                     Kind::LogSoftmax => {
-                        let total: f32 = g.iter().sum();
+                        let total = math::sum(g);
                         row.iter_mut().zip(g.iter().zip(p)).for_each(|(o, (g, p))| {
                             *o = g - math::exp(*p) * total;
                         });
