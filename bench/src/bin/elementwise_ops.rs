@@ -29,11 +29,7 @@ fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 fn main() {
     odeflow_runtime::memory::keep_freed_memory();
     odeflow_runtime::cpu::join_thread_pool();
-    let args: Vec<String> = std::env::args().collect();
-    let reps = match args.iter().position(|a| a == "--reps") {
-        Some(i) => args.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(50),
-        None => 50,
-    };
+    let reps = odeflow_bench::reps_arg(50);
     let mut rng = Rng::new(1);
     let x = Tensor::randn(&[768, 512], 0.0, 1.0, DType::F32, &mut rng);
     let dy = Tensor::randn(&[768, 512], 0.0, 1.0, DType::F32, &mut rng);

@@ -33,7 +33,7 @@ struct Block {
 }
 
 fn main() {
-    let reps = parse_reps();
+    let reps = odeflow_bench::reps_arg(10);
     let mut rng = Rng::new(1);
     let blocks: Vec<Block> = (0..BLOCKS)
         .map(|i| Block {
@@ -209,20 +209,6 @@ fn zero_grads(blocks: &[Block]) {
 
 fn randn(shape: &[usize], std: f32, rng: &mut Rng) -> Tensor {
     Tensor::randn(shape, 0.0, std, DType::F32, rng)
-}
-
-fn parse_reps() -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == "--reps") {
-        Some(i) => match args.get(i + 1).and_then(|v| v.parse().ok()) {
-            Some(reps) if reps > 0 => reps,
-            _ => {
-                eprintln!("--reps needs a positive integer, e.g. --reps 10");
-                std::process::exit(2);
-            }
-        },
-        None => 10,
-    }
 }
 
 fn print_table(passes: &[Pass], best: &[(f64, usize)]) {

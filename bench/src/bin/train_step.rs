@@ -30,10 +30,7 @@ fn main() {
     odeflow_runtime::memory::keep_freed_memory();
     odeflow_runtime::cpu::join_thread_pool();
     let args: Vec<String> = std::env::args().collect();
-    let reps = match args.iter().position(|a| a == "--reps") {
-        Some(i) => args.get(i + 1).and_then(|r| r.parse().ok()).unwrap_or(5),
-        None => 5,
-    };
+    let reps = odeflow_bench::reps_arg(5);
     let grad = if args.iter().any(|a| a == "--checkpoint") {
         GradMode::Checkpoint
     } else {

@@ -4,9 +4,6 @@
 
 use super::{zero_c, MatRef};
 
-/// Partial sums in `dot_contiguous`: 8 f32 lanes fill one AVX register (two SSE registers).
-const DOT_LANES: usize = 8;
-
 /// C = A B or C += A B without packing.
 ///
 /// Shapes: as `gemm`; the caller has checked the arguments. For n == 1, each C(i, 0) is a dot
@@ -57,31 +54,11 @@ fn dot(a: MatRef<'_>, i: usize, b: MatRef<'_>) -> f32 {
     let k = a.cols;
     let a_start = i * a.row_stride;
     if a.col_stride == 1 && b.row_stride == 1 {
-        return dot_contiguous(&a.data[a_start..a_start + k], &b.data[..k]);
+        return crate::cpu::math::dot(&a.data[a_start..a_start + k], &b.data[..k]);
     }
     (0..k)
         .map(|p| a.data[a_start + p * a.col_stride] * b.data[p * b.row_stride])
         .sum()
-}
-
-/// `sum_p x[p] y[p]` over two contiguous runs of equal length, in DOT_LANES independent partial
-/// sums that the compiler keeps in vector registers (one running sum would be a chain of
-/// dependent adds, one per element).
-fn dot_contiguous(x: &[f32], y: &[f32]) -> f32 {
-    let mut partial = [0.0f32; DOT_LANES];
-    let (x_chunks, y_chunks) = (x.chunks_exact(DOT_LANES), y.chunks_exact(DOT_LANES));
-    let tail: f32 = x_chunks
-        .remainder()
-        .iter()
-        .zip(y_chunks.remainder())
-        .map(|(p, q)| p * q)
-        .sum();
-    for (xs, ys) in x_chunks.zip(y_chunks) {
-        for ((s, &p), &q) in partial.iter_mut().zip(xs).zip(ys) {
-            *s += p * q;
-        }
-    }
-    partial.iter().sum::<f32>() + tail
 }
 
 /// Most elements of C for which `gemm_dots` is used instead of packing.
@@ -126,7 +103,7 @@ pub(super) fn gemm_dots(
             let a_row = &a.data[i * a.row_stride + start..i * a.row_stride + end];
             for j in 0..n {
                 let b_col = &b.data[j * b.col_stride + start..j * b.col_stride + end];
-                sums[i * n + j] = dot_contiguous(a_row, b_col);
+                sums[i * n + j] = crate::cpu::math::dot(a_row, b_col);
             }
         }
         sums
