@@ -96,6 +96,7 @@ pub fn keep_freed_memory() -> bool {
         // SAFETY: mallopt only changes the allocator's tuning parameters; glibc documents it as
         // safe to call at any time, and it returns 0 for a value it rejects.
         let mmap = unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) };
+        // SAFETY: as above; a tuning parameter, nothing is freed or moved.
         let trim = unsafe { mallopt(M_TRIM_THRESHOLD, i32::MAX) };
         mmap == 1 && trim == 1
     }

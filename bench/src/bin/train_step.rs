@@ -9,8 +9,8 @@
 //! H = 12, L = 12, E = 20, S = 128, V = 50257) of 1024 tokens for the neural ODE and GPT-2.
 //! Gradients are by plain backprop through every step, as the trainer computes them by default;
 //! `--checkpoint` recomputes each step in backward instead (`GradMode::Checkpoint`: less memory,
-//! one more forward). Each figure is the best of `--reps` steps after one warm-up step; the phases are timed
-//! separately so the table shows where a step's time goes. The PyTorch peer of this table is
+//! one more forward). Each figure is the best of `--reps` steps after one warm-up step; the
+//! phases are timed separately so the table shows where a step's time goes. The PyTorch peer of this table is
 //! the training issue's work (`bench/peers/`).
 
 use odeflow_autodiff::Tape;

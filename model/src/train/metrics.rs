@@ -1,7 +1,8 @@
 //! `metrics.jsonl`: one JSON object per line, a line per training step and one per evaluation.
 //!
 //! ```text
-//! {"kind":"train","step":1,"loss":5.61,"lr":6e-6,"grad_norm":1.9,"ms":41.0,"tokens_per_s":18700.0,"nfe":4}
+//! {"kind":"train","step":1,"loss":5.61,"lr":1e-4,"grad_norm":1.9,"ms":41.0,
+//!  "tokens_per_s":18700.0,"nfe":4}      (one line in the file; wrapped here)
 //! {"kind":"val","step":100,"loss":2.47,"perplexity":11.8,"tokens":15360,"seconds":0.4}
 //! ```
 //!
@@ -92,13 +93,14 @@ impl MetricsLog {
     /// Reopens the file of a run resumed after `step`: keeps the records up to and including
     /// `step` and drops the rest, writing the kept part atomically before appending.
     pub fn resume(path: &Path, step: usize) -> Result<MetricsLog> {
-        let kept: Vec<Record> = match File::open(path) {
-            Ok(_) => read(path)?
+        // a run killed before its first line has no file yet
+        let kept: Vec<Record> = if path.exists() {
+            read(path)?
                 .into_iter()
                 .filter(|r| r.step() <= step)
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(io(path)(e)),
+                .collect()
+        } else {
+            Vec::new()
         };
         let tmp = path.with_extension("jsonl.tmp");
         {
@@ -210,7 +212,8 @@ mod tests {
     fn a_corrupt_line_in_the_middle_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("metrics.jsonl");
-        fs::write(&path, "not json\n{\"kind\":\"val\",\"step\":1,\"loss\":1.0,\"perplexity\":2.7,\"tokens\":1,\"seconds\":0.0}\n").unwrap();
+        let val = r#"{"kind":"val","step":1,"loss":1.0,"perplexity":2.7,"tokens":1,"seconds":0.0}"#;
+        fs::write(&path, format!("not json\n{val}\n")).unwrap();
         let err = read(&path).unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
     }
