@@ -33,6 +33,9 @@ pub enum Error {
     )]
     NothingToDifferentiate,
 
+    #[error("{name}: the custom backward rule {msg}")]
+    Custom { name: &'static str, msg: String },
+
     #[error("param {name}: expected a {want:?} {want_dtype} tensor, got {got:?} {got_dtype}")]
     ParamMismatch {
         name: String,

@@ -9,6 +9,7 @@
 //! - `var.rs`: `Var` and its ops (forwards); `op.rs`: the recorded ops and their backward rules.
 //! - `param.rs`: parameters, leaves whose gradients accumulate in a buffer of their own.
 //! - `checkpoint.rs`: gradient checkpointing (run unrecorded, recompute in backward).
+//! - `custom.rs`: nodes whose backward rule is a closure (the ODE solver's adjoint).
 //! - `memory`: the runtime's storage meter, re-exported for the memory experiments.
 //!
 //! ```
@@ -25,6 +26,7 @@
 //! ```
 
 mod checkpoint;
+mod custom;
 mod error;
 mod op;
 mod param;
@@ -32,6 +34,7 @@ mod tape;
 mod var;
 
 pub use checkpoint::SegmentFn;
+pub use custom::CustomBackward;
 pub use error::{Error, Result};
 pub use odeflow_runtime::memory;
 pub use param::Param;

@@ -9,6 +9,7 @@
 //! to clarity here, and the ops that matter most (matmul, norms) rarely take constants.
 
 use crate::checkpoint::{self, Checkpointed};
+use crate::custom::{self, CustomBackward};
 use crate::{Param, Result};
 use odeflow_runtime::ops::reduce::{max_bwd, sum_mean_bwd, ReduceOp};
 use odeflow_runtime::ops::{
@@ -115,6 +116,12 @@ pub(crate) enum Op {
         dtype: DType,
     },
     Checkpoint(Checkpointed),
+    /// A node whose backward rule is its caller's closure (`Tape::custom`).
+    Custom {
+        name: &'static str,
+        n_inputs: usize,
+        backward: Box<CustomBackward>,
+    },
 }
 
 impl Op {
@@ -227,6 +234,12 @@ impl Op {
             Op::Cat { sizes, dim } => shape::cat_bwd(dy, &sizes, dim)?,
             // the segment is recomputed under recording, then backpropagated
             Op::Checkpoint(segment) => return checkpoint::backward(segment, dy.clone()),
+            // whatever the caller's rule says
+            Op::Custom {
+                name,
+                n_inputs,
+                backward,
+            } => return custom::backward(name, n_inputs, backward, dy.clone()),
         };
         Ok(grads.into_iter().map(Some).collect())
     }

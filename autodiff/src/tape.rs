@@ -236,14 +236,29 @@ impl Tape {
     /// If a rule fails midway, the tape is still freed and parameters may hold part of this
     /// pass's gradient: call `zero_grad` before trying again.
     pub fn backward_with(&self, y: &Var, dy: Tensor) -> Result<Grads> {
-        self.check_inputs("backward", &[y])?;
-        check_seed(y, &dy)?;
-        let root = y.id().ok_or(Error::NothingToDifferentiate)?;
+        self.backward_many(vec![(y, dy)])
+    }
+
+    /// Backpropagates from several outputs at once, each with its own gradient (the sum of
+    /// their vector-Jacobian products), frees the tape, and returns the gradients of the leaves.
+    ///
+    /// Shapes: each dy [its y's shape], its y's dtype.
+    pub fn backward_many(&self, seeds: Vec<(&Var, Tensor)>) -> Result<Grads> {
+        let mut roots = Vec::with_capacity(seeds.len());
+        for (y, dy) in &seeds {
+            self.check_inputs("backward", &[y])?;
+            check_seed(y, dy)?;
+            roots.push(y.id().ok_or(Error::NothingToDifferentiate)?);
+        }
+        let last = roots.iter().map(|r| r.node).max();
+        let last = last.ok_or(Error::NothingToDifferentiate)?;
         let (mut nodes, generation) = self.take_nodes();
-        nodes.truncate(root.node + 1);
+        nodes.truncate(last + 1);
         let mut grads: Vec<Vec<Option<Tensor>>> =
             nodes.iter().map(|n| vec![None; n.outputs]).collect();
-        grads[root.node][root.output] = Some(dy);
+        for (root, (_, dy)) in roots.iter().zip(seeds) {
+            accumulate(&mut grads[root.node][root.output], dy)?;
+        }
         let mut leaves = HashMap::new();
 
         // nodes.pop() visits them last to first; each node is dropped after its turn

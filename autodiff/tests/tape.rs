@@ -208,3 +208,18 @@ fn dropout_masks_scale_and_route_the_gradient() {
     let again = x.detach().dropout(0.1, &mut Rng::new(5)).unwrap();
     assert_eq!(vals(again.value()), ys);
 }
+
+#[test]
+fn backward_from_several_outputs_sums_their_products() {
+    // y1 = 2a, y2 = a * b with seeds g1, g2: da = 2 g1 + b g2, db = a g2
+    let tape = Tape::new();
+    let a = tape.leaf(t(&[1.0, 2.0]));
+    let b = tape.leaf(t(&[3.0, -1.0]));
+    let y1 = a.scale(2.0).unwrap();
+    let y2 = a.mul(&b).unwrap();
+    let seeds = vec![(&y2, t(&[1.0, 1.0])), (&y1, t(&[0.5, -1.0]))];
+    let grads = tape.backward_many(seeds).unwrap();
+    assert_eq!(vals(grads.get(&a).unwrap()), vec![1.0 + 3.0, -2.0 - 1.0]);
+    assert_eq!(vals(grads.get(&b).unwrap()), vec![1.0, 2.0]);
+    assert!(tape.is_empty());
+}

@@ -11,13 +11,15 @@ use crate::solver::{Field, Solver};
 use crate::stem::Stem;
 use crate::temporal::INIT_STD;
 use odeflow_autodiff::{Param, Result, Tape, Var};
-use odeflow_runtime::Tensor;
+use odeflow_runtime::{Error as RuntimeError, Tensor};
+use std::rc::Rc;
 
 pub struct Discrete {
     cfg: Config,
     params: Vec<Param>,
     stem: Stem,
-    layers: Vec<FixedBlock>,
+    /// Shared with the solver's weight generator (`Field::weights`).
+    layers: Rc<Vec<FixedBlock>>,
 }
 
 impl Discrete {
@@ -52,7 +54,7 @@ impl Discrete {
             cfg,
             params,
             stem,
-            layers,
+            layers: Rc::new(layers),
         }
     }
 
@@ -64,25 +66,38 @@ impl Discrete {
         &self.params
     }
 
-    /// Its layers are Euler steps by construction, so `fwd.solver` is not consulted (only
-    /// Euler exists today; when other solvers land, asking a discrete model for one should be
-    /// refused like another step count is, in `Model::check_input`).
+    /// Its layers are Euler steps by construction: `Model::check_input` refuses any other
+    /// solver, and the adjoint modes (there is no continuous time to solve backwards in).
     ///
     /// Shapes: ids [B, T] (u32) -> logits [B, T, V]
     pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
-        let n = self.layers.len();
-        let (embed_seed, seeds) = dropout_seeds(fwd.dropout_seed, n);
+        let (embed_seed, field_seed) = dropout_seeds(fwd.dropout_seed, 1);
         let x0 = self.stem.embed(tape, ids, embed_seed)?;
-        let weights = self
-            .layers
-            .iter()
-            .map(|l| BlockWeights::vars(&l.lift(tape)));
+        let layers = self.layers.clone();
         let field = Field {
             f: field_fn(&self.cfg),
-            weights: weights.collect(),
-            seeds,
+            weights: Rc::new(move |tape: &Tape, ts: &[f64]| {
+                let lift = |&t: &f64| Ok(BlockWeights::vars(&layer_at(&layers, t)?.lift(tape)));
+                ts.iter().map(lift).collect()
+            }),
+            dropout_seed: field_seed[0],
         };
-        let x = Solver::Euler.solve(&x0, &field, n, fwd.grad)?;
+        let x = Solver::Euler.solve(&x0, &field, self.layers.len(), fwd.grad)?;
         self.stem.logits(tape, &x)
     }
+}
+
+/// The layer that holds the weights of time t: layer i for t = (i + 1) / N'.
+fn layer_at(layers: &[FixedBlock], t: f64) -> Result<&FixedBlock> {
+    let n = layers.len() as f64;
+    let i = (t * n).round();
+    if i >= 1.0 && i <= n && (i / n - t).abs() < 1e-12 {
+        return Ok(&layers[i as usize - 1]);
+    }
+    let msg = format!("a {n}-layer discrete model has no layer at t = {t}");
+    Err(RuntimeError::InvalidArgument {
+        op: "discrete",
+        msg,
+    }
+    .into())
 }

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::init::Init;
 use crate::layers::Dropout;
 use crate::model::{dropout_seeds, Forward};
-use crate::solver::run_step;
+use crate::solver::{run_step, GradMode};
 use crate::stem::Stem;
 use crate::temporal::INIT_STD;
 use odeflow_autodiff::{Param, Result, Tape, Var};
@@ -68,7 +68,7 @@ impl Gpt2 {
                 let w = BlockWeights::from_vars(BlockKind::Gpt, &args[1..]);
                 block::sequential_block(&args[0], &w, n_heads, &mut Dropout::new(p, seed))
             };
-            x = run_step(fwd.grad, &inputs, step)?;
+            x = run_step(fwd.grad == GradMode::Checkpoint, &inputs, step)?;
         }
         self.stem.logits(tape, &x)
     }

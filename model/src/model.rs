@@ -152,17 +152,36 @@ impl Model {
             ));
         }
         let fixed_depth = !matches!(self, Model::Ode(_));
+        let kind = if cfg.discrete {
+            "re-discretised"
+        } else {
+            cfg.model.name()
+        };
         match fwd.steps {
-            Some(0) => bad("the step count must be at least 1".into()),
+            Some(0) => return bad("the step count must be at least 1".into()),
             Some(n) if fixed_depth && n != cfg.n_steps => {
-                bad(format!(
-                "this {} model has a fixed depth of {} layers; only an ODE model runs at another \
-                 step count (convert one with to_discrete for a new depth)",
-                if cfg.discrete { "re-discretised" } else { cfg.model.name() },
-                cfg.n_steps
-            ))
+                return bad(format!(
+                    "this {kind} model has a fixed depth of {} layers; only an ODE model runs at \
+                     another step count (convert one with to_discrete for a new depth)",
+                    cfg.n_steps
+                ))
             }
-            _ => Ok(()),
+            _ => {}
         }
+        if fixed_depth && fwd.solver != Solver::Euler {
+            return bad(format!(
+                "this {kind} model's layers are fixed Euler steps; only an ODE model runs with \
+                 the {} solver",
+                fwd.solver
+            ));
+        }
+        if fixed_depth && !fwd.grad.is_exact() {
+            return bad(format!(
+                "gradient mode {} solves an ODE backwards in time, and this {kind} model has \
+                 fixed layers; use backprop or checkpoint",
+                fwd.grad
+            ));
+        }
+        Ok(())
     }
 }

@@ -24,7 +24,8 @@ pub struct NeuralOde {
     cfg: Config,
     params: Vec<Param>,
     stem: Stem,
-    block: TemporalBlock,
+    /// Shared with the solver's weight generator (`Field::weights`).
+    block: Rc<TemporalBlock>,
 }
 
 impl NeuralOde {
@@ -37,7 +38,7 @@ impl NeuralOde {
             cfg: cfg.clone(),
             params: init.finish(),
             stem,
-            block,
+            block: Rc::new(block),
         }
     }
 
@@ -63,17 +64,29 @@ impl NeuralOde {
     /// Shapes: ids [B, T] (u32) -> logits [B, T, V]
     pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
         let n = fwd.steps.unwrap_or(self.cfg.n_steps);
-        let ts = fwd.solver.eval_times(n);
-        let (embed_seed, seeds) = dropout_seeds(fwd.dropout_seed, ts.len());
+        let (embed_seed, field_seed) = dropout_seeds(fwd.dropout_seed, 1);
         let x0 = self.stem.embed(tape, ids, embed_seed)?;
-        let weights = self.weights_at(tape, &ts)?;
-        let field = Field {
-            f: field_fn(&self.cfg),
-            weights: weights.iter().map(BlockWeights::vars).collect(),
-            seeds,
-        };
-        let x1 = fwd.solver.solve(&x0, &field, n, fwd.grad)?;
+        let x1 = fwd
+            .solver
+            .solve(&x0, &self.field(field_seed[0]), n, fwd.grad)?;
         self.stem.logits(tape, &x1)
+    }
+
+    /// The block as the solver sees it: F, and W(t) from the hypernetworks at any times.
+    pub fn field(&self, dropout_seed: Option<u64>) -> Field {
+        let (block, s) = (self.block.clone(), self.cfg.sinusoidal_dim);
+        Field {
+            f: field_fn(&self.cfg),
+            weights: Rc::new(move |tape: &Tape, ts: &[f64]| {
+                let phi = tape.constant(phi_rows(ts, s));
+                Ok(block
+                    .at(tape, &phi)?
+                    .iter()
+                    .map(BlockWeights::vars)
+                    .collect())
+            }),
+            dropout_seed,
+        }
     }
 
     /// The ordinary `n_steps`-layer parallel-block transformer whose layer i holds the weights

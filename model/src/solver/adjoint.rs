@@ -1,0 +1,172 @@
+//! The continuous adjoint method (Chen et al., 2018), in three named phases.
+//!
+//! Forward: X(0) = x0, dX/dt = F(X, W(t)) up to X(1), keeping only X(1) (and, for the
+//! checkpointed variant, X at the start of every segment of k steps). The loss is l(X(1)).
+//!
+//! Backward, for the adjoint a(t) = dl/dX(t):
+//!
+//! 1. **Initial adjoint state.** a(1) = dl/dX(1): the gradient the tape hands the solve's node.
+//! 2. **Augmented dynamics.** Backwards in time, the state, the adjoint and the parameter
+//!    gradient g obey
+//!    ```text
+//!    dX/dt = F(X, t),   da/dt = -aᵀ ∂F/∂X,   dg/dt = -aᵀ ∂F/∂θ,   g(1) = 0
+//!    ```
+//!    so that a(0) = dl/dX(0) and g(0) = dl/dθ. Each right-hand side costs one evaluation of F
+//!    and one vector-Jacobian product through it (`slopes`), at any (X, a, t).
+//! 3. **Backward solve.** The same tableau integrates (X, a) from t = 1 to 0 in reversed time
+//!    τ = 1 - t, step by step; g is the quadrature sum_s b_s dt aᵀ∂F/∂θ at the stage points, added
+//!    straight into the parameters' gradient buffers. a(0) is returned as x0's gradient.
+//!
+//! **The gradient is approximate.** It is the exact gradient of the continuous ODE, discretised;
+//! not the exact gradient of the discrete forward solve (which `Backprop` and `Checkpoint`
+//! give). Two errors enter: the backward solve's own truncation error, and the re-integrated
+//! state drifting from the forward one (X is recomputed backwards from X(1), so the state the
+//! adjoint sees at time t is not the forward X(t)). Both shrink as O(dt^p) for a solver of order
+//! p, which `model/tests/adjoint.rs` checks. The checkpointed variant resets X to the saved
+//! forward state at each segment end, so the drift never spans more than k steps.
+//!
+//! Memory: the forward keeps one state (plus L/k for the checkpointed variant); the backward
+//! holds the stage slopes of one step, and one evaluation's tapes at a time. W(t) is generated
+//! per evaluation from the hypernetwork's parameters and dropped, so no per-step weights are
+//! kept either: nothing grows with L.
+
+use super::tableau::{rk_step, Axpy};
+use super::{Field, Solver};
+use odeflow_autodiff::{Result, Tape, Var};
+use odeflow_runtime::Tensor;
+
+/// Solves forward with `solver` in `n` steps keeping only the states at the segment starts
+/// (every `every` steps), and records one node whose backward is the adjoint solve.
+///
+/// Shapes: x0 [B, T, D] -> X(1) [B, T, D]
+pub(super) fn solve(
+    solver: Solver,
+    x0: &Var,
+    field: &Field,
+    n: usize,
+    every: usize,
+) -> Result<Var> {
+    let tape = x0.tape();
+    let every = every.min(n);
+    // segment starts: X at steps every, 2 every, ... (step 0's start is x0 itself)
+    let mut starts: Vec<Tensor> = Vec::new();
+    let mut x = x0.value().clone();
+    for i in 0..n {
+        if i > 0 && i % every == 0 {
+            starts.push(x.clone());
+        }
+        x = forward_step(solver, field, i, n, &x)?;
+    }
+    let (field, x1) = (field.clone(), x.clone());
+    tape.custom("adjoint", &[x0], x, move |dy| {
+        // phase 1: the initial adjoint state, a(1) = dl/dX(1)
+        let mut a = dy;
+        // phase 3, segment by segment from the last: X restarts from its saved value at the
+        // segment's end; a carries on across segments
+        let ends = starts.into_iter().chain(std::iter::once(x1));
+        let segments: Vec<Tensor> = ends.collect();
+        for (seg, end) in segments.into_iter().enumerate().rev() {
+            let mut state = Augmented { x: end, a };
+            for i in (seg * every..((seg + 1) * every).min(n)).rev() {
+                state = backward_step(solver, &field, i, n, &state)?;
+            }
+            a = state.a;
+        }
+        Ok(vec![Some(a)])
+    })
+}
+
+/// Step i of the forward solve, unrecorded: X_{i+1} from X_i, with W(t) generated per stage.
+///
+/// Shapes: x [B, T, D] -> [B, T, D]
+fn forward_step(solver: Solver, field: &Field, i: usize, n: usize, x: &Tensor) -> Result<Tensor> {
+    let tape = Tape::new();
+    tape.no_grad(|| {
+        let x = tape.constant(x.clone());
+        let y = rk_step(solver.tableau(), &x, 1.0 / n as f32, |s, xs| {
+            let t = solver.stage_time(i, s, n);
+            let w = weights_at(field, &tape, t)?;
+            field.eval(xs, &w, t)
+        })?;
+        Ok(y.value().clone())
+    })
+}
+
+/// The backward solve's state: X and a, stepped together by the same tableau.
+#[derive(Clone)]
+struct Augmented {
+    x: Tensor,
+    a: Tensor,
+}
+
+impl Axpy for Augmented {
+    fn axpy(&self, alpha: f32, k: &Augmented) -> Result<Augmented> {
+        Ok(Augmented {
+            x: self.x.axpy(alpha, &k.x)?,
+            a: self.a.axpy(alpha, &k.a)?,
+        })
+    }
+}
+
+/// Step i backwards, from (X, a) at t_{i+1} = (i + 1) dt to t_i, in reversed time τ = 1 - t:
+/// stage s sits at t = t_{i+1} - c_s dt, and its parameter term enters g with weight b_s dt.
+fn backward_step(
+    solver: Solver,
+    field: &Field,
+    i: usize,
+    n: usize,
+    z: &Augmented,
+) -> Result<Augmented> {
+    let (tab, dt) = (solver.tableau(), 1.0 / n as f64);
+    rk_step(tab, z, dt as f32, |s, zs| {
+        let t = (i as f64 + 1.0 - tab.c[s]) * dt;
+        slopes(field, zs, t, tab.b[s] * dt)
+    })
+}
+
+/// Phase 2, the augmented dynamics in reversed time at one point:
+/// dX/dτ = -F(X, t), da/dτ = aᵀ ∂F/∂X, and g += quad aᵀ ∂F/∂θ into the parameters' buffers.
+///
+/// Two small tapes: one records the hypernetwork W(t) (only when `quad` is not zero: a stage
+/// with b_s = 0 adds nothing to g), the other F with X and W(t) as leaves. Backpropagating a
+/// through F gives aᵀ∂F/∂X and aᵀ∂F/∂W; backpropagating quad aᵀ∂F/∂W through the
+/// hypernetwork adds quad aᵀ∂F/∂θ to the parameters.
+fn slopes(field: &Field, z: &Augmented, t: f64, quad: f64) -> Result<Augmented> {
+    let hyper = Tape::new();
+    let w = if quad != 0.0 {
+        weights_at(field, &hyper, t)?
+    } else {
+        hyper.no_grad(|| weights_at(field, &hyper, t))?
+    };
+    let tape = Tape::new();
+    let x = tape.leaf(z.x.clone());
+    let w_leaves: Vec<Var> = w.iter().map(|w| tape.leaf(w.value().clone())).collect();
+    let y = field.eval(&x, &w_leaves, t)?;
+    let dxdtau = y.value().scale(-1.0)?;
+    let grads = tape.backward_with(&y, z.a.clone())?;
+    let dadtau = match grads.get(&x) {
+        Some(ja) => ja.clone(),
+        None => Tensor::zeros(z.a.shape(), z.a.dtype()), // F does not depend on X
+    };
+    if quad != 0.0 {
+        let mut seeds = Vec::new();
+        for (w, leaf) in w.iter().zip(&w_leaves) {
+            if let (true, Some(dw)) = (w.requires_grad(), grads.get(leaf)) {
+                seeds.push((w, dw.scale(quad as f32)?));
+            }
+        }
+        if !seeds.is_empty() {
+            hyper.backward_many(seeds)?;
+        }
+    }
+    Ok(Augmented {
+        x: dxdtau,
+        a: dadtau,
+    })
+}
+
+/// W(t) at one time, on `tape`.
+fn weights_at(field: &Field, tape: &Tape, t: f64) -> Result<Vec<Var>> {
+    let mut w = (field.weights)(tape, &[t])?;
+    Ok(w.pop().expect("one time asked, one set of weights"))
+}
