@@ -4,7 +4,8 @@
 //!
 //! | MODEL.md | equation | file |
 //! |---|---|---|
-//! | 1 | dX/dt = F(X, t), Euler on t_i = (i+1)/L | `solver.rs` |
+//! | 1 | dX/dt = F(X, t), Euler on t_i = (i+1)/L; Runge-Kutta tableaus | `solver/tableau.rs` |
+//! | - | gradient modes; the continuous adjoint | `solver/mod.rs`, `solver/adjoint.rs` |
 //! | 2 | phi(t) | `time.rs` |
 //! | 3 | h(t), W(t) = W0 + sum h_k W_k, b(t), the batched product | `temporal.rs` |
 //! | 4 | LN_t(x) = (1 + h G) * xhat + h Bn | `temporal.rs` |

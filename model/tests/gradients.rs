@@ -10,7 +10,7 @@ mod common;
 
 use common::{all_kinds, randomize, tokens};
 use odeflow_autodiff::{Param, Tape};
-use odeflow_model::{Forward, GradMode, Model};
+use odeflow_model::{Forward, GradMode, Model, ModelKind, Solver};
 use odeflow_runtime::{DType, Rng, Tensor};
 
 /// The loss at the model's current parameters.
@@ -63,42 +63,60 @@ fn unit(v: Vec<f32>) -> Vec<f32> {
     v.into_iter().map(|x| x / norm).collect()
 }
 
+/// Checks every parameter's backward gradient of `model` under `fwd` against finite differences.
+fn check_against_finite_differences(label: &str, model: &Model, fwd: &Forward) {
+    let cfg = model.config();
+    let (ids, targets) = (
+        tokens(2, 6, cfg.vocab_size, 3),
+        tokens(2, 6, cfg.vocab_size, 4),
+    );
+    let grads = gradients(model, &ids, &targets, fwd);
+    let mut rng = Rng::new(5);
+    for (p, g) in model.params().iter().zip(&grads) {
+        let g_norm = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        // along g / |g|: the derivative is |g|
+        let fd = directional_fd(model, p, &unit(g.clone()), (&ids, &targets), fwd);
+        let tol = 2e-2 * g_norm + 1e-4;
+        assert!(
+            (fd - g_norm).abs() <= tol,
+            "{label} {}: |g| {g_norm:.3e}, fd {fd:.3e}",
+            p.name()
+        );
+        // along a random unit direction r: the derivative is g . r
+        let r = unit((0..g.len()).map(|_| rng.normal()).collect());
+        let analytic: f64 = g
+            .iter()
+            .zip(&r)
+            .map(|(a, b)| (*a as f64) * (*b as f64))
+            .sum();
+        let fd = directional_fd(model, p, &r, (&ids, &targets), fwd);
+        assert!(
+            (fd - analytic).abs() <= tol,
+            "{label} {}: g.r {analytic:.3e}, fd {fd:.3e}",
+            p.name()
+        );
+    }
+}
+
 #[test]
 fn every_parameter_gradient_matches_finite_differences() {
     for (label, cfg) in all_kinds() {
         let model = Model::new(&cfg, 1).unwrap();
         randomize(&model, 0.25, 2);
-        let (ids, targets) = (
-            tokens(2, 6, cfg.vocab_size, 3),
-            tokens(2, 6, cfg.vocab_size, 4),
-        );
-        let fwd = Forward::eval();
-        let grads = gradients(&model, &ids, &targets, &fwd);
-        let mut rng = Rng::new(5);
-        for (p, g) in model.params().iter().zip(&grads) {
-            let g_norm = g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-            // along g / |g|: the derivative is |g|
-            let fd = directional_fd(&model, p, &unit(g.clone()), (&ids, &targets), &fwd);
-            let tol = 2e-2 * g_norm + 1e-4;
-            assert!(
-                (fd - g_norm).abs() <= tol,
-                "{label} {}: |g| {g_norm:.3e}, fd {fd:.3e}",
-                p.name()
-            );
-            // along a random unit direction r: the derivative is g . r
-            let r = unit((0..g.len()).map(|_| rng.normal()).collect());
-            let analytic: f64 = g
-                .iter()
-                .zip(&r)
-                .map(|(a, b)| (*a as f64) * (*b as f64))
-                .sum();
-            let fd = directional_fd(&model, p, &r, (&ids, &targets), &fwd);
-            assert!(
-                (fd - analytic).abs() <= tol,
-                "{label} {}: g.r {analytic:.3e}, fd {fd:.3e}",
-                p.name()
-            );
-        }
+        check_against_finite_differences(label, &model, &Forward::eval());
+    }
+}
+
+#[test]
+fn gradients_through_every_solver_match_finite_differences() {
+    let model = Model::new(&common::tiny(ModelKind::NeuralOde), 1).unwrap();
+    randomize(&model, 0.25, 2);
+    for solver in [Solver::Midpoint, Solver::Heun, Solver::Rk4] {
+        let fwd = Forward {
+            solver,
+            ..Forward::eval()
+        };
+        check_against_finite_differences(solver.name(), &model, &fwd);
     }
 }
 
@@ -112,17 +130,28 @@ fn checkpointed_and_recorded_solves_give_identical_gradients() {
             tokens(2, 8, cfg.vocab_size, 9),
             tokens(2, 8, cfg.vocab_size, 10),
         );
-        let with = |grad| Forward {
-            grad,
-            ..Forward::train(11)
+        let solvers: &[Solver] = match cfg.model {
+            ModelKind::Gpt2 => &[Solver::Euler],
+            _ => &Solver::ALL,
         };
-        let recorded = gradients(&model, &ids, &targets, &with(GradMode::Backprop));
-        let checkpointed = gradients(&model, &ids, &targets, &with(GradMode::Checkpoint));
-        assert_eq!(recorded, checkpointed, "{label}");
-        let eval = gradients(&model, &ids, &targets, &Forward::eval());
-        assert_ne!(
-            recorded, eval,
-            "{label}: dropout should change the gradient"
-        );
+        for &solver in solvers {
+            let with = |grad| Forward {
+                grad,
+                solver,
+                ..Forward::train(11)
+            };
+            let recorded = gradients(&model, &ids, &targets, &with(GradMode::Backprop));
+            let checkpointed = gradients(&model, &ids, &targets, &with(GradMode::Checkpoint));
+            assert_eq!(recorded, checkpointed, "{label} {solver}");
+            let eval = Forward {
+                solver,
+                ..Forward::eval()
+            };
+            let eval = gradients(&model, &ids, &targets, &eval);
+            assert_ne!(
+                recorded, eval,
+                "{label} {solver}: dropout should change the gradient"
+            );
+        }
     }
 }

@@ -8,9 +8,10 @@ use odeflow_autodiff::{memory, Tape};
 use odeflow_model::{Config, Forward, GradMode, Model, ModelKind};
 
 #[test]
-fn checkpointing_keeps_the_step_inputs_and_backprop_keeps_every_step() {
+fn checkpointing_keeps_the_step_inputs_backprop_every_step_and_the_adjoint_nothing() {
     let (b, t) = (4, 32);
-    let retained = |n_steps: usize, grad: GradMode| {
+    // (bytes kept by the forward pass for backward, peak bytes of forward and backward)
+    let usage = |n_steps: usize, grad: GradMode| {
         let cfg = Config {
             n_steps,
             seq_len: t,
@@ -24,13 +25,16 @@ fn checkpointing_keeps_the_step_inputs_and_backprop_keeps_every_step() {
             grad,
             ..Forward::eval()
         };
-        let loss = model.loss(&tape, &ids, &targets, &fwd).unwrap();
-        let kept = memory::live_bytes() - before;
-        tape.backward(&loss).unwrap();
-        drop(loss);
+        let (kept, step) = memory::measure(|| {
+            let loss = model.loss(&tape, &ids, &targets, &fwd).unwrap();
+            let kept = memory::live_bytes() - before;
+            tape.backward(&loss).unwrap();
+            kept
+        });
         model.params().iter().for_each(|p| p.zero_grad());
-        kept
+        (kept, step.peak)
     };
+    let retained = |n_steps, grad| usage(n_steps, grad).0;
     let (d, f) = (128, 512);
     let state = (b * t * d * 4) as f64; // one [B, T, D] f32 state
     let per_step = |grad| (retained(16, grad) as f64 - retained(8, grad) as f64) / 8.0;
@@ -50,5 +54,24 @@ fn checkpointing_keeps_the_step_inputs_and_backprop_keeps_every_step() {
     assert!(
         backprop - weights > 8.0 * state,
         "backprop keeps only {backprop} B per step"
+    );
+    // the adjoint keeps the final state whatever L, and generates W(t) per evaluation: neither
+    // what it keeps nor its peak grows with L
+    let (kept_8, peak_8) = usage(8, GradMode::Adjoint);
+    let (kept_16, peak_16) = usage(16, GradMode::Adjoint);
+    assert!(
+        kept_16.abs_diff(kept_8) as f64 <= slack,
+        "the adjoint keeps {kept_8} B at L = 8 and {kept_16} B at L = 16"
+    );
+    assert!(
+        peak_16.abs_diff(peak_8) as f64 <= slack,
+        "the adjoint's step peaks at {peak_8} B at L = 8 and {peak_16} B at L = 16"
+    );
+    // a checkpointed adjoint keeps one state per segment
+    let seg = |n| retained(n, GradMode::CheckpointedAdjoint(4)) as f64;
+    let per_segment = (seg(16) - seg(8)) / 2.0;
+    assert!(
+        (per_segment - state).abs() <= slack,
+        "adjoint:4 keeps {per_segment} B per 4 steps, not one state {state}"
     );
 }
