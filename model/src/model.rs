@@ -151,6 +151,14 @@ impl Model {
                 cfg.seq_len, cfg.seq_len
             ));
         }
+        self.check_forward(fwd)
+    }
+
+    /// Whether this model can run as `fwd` asks: any step count, solver and gradient mode for
+    /// an ODE model; its own depth, Euler and an exact gradient for the others.
+    pub fn check_forward(&self, fwd: &Forward) -> Result<()> {
+        let cfg = self.config();
+        let bad = |msg: String| Err(Error::Input { msg });
         let fixed_depth = !matches!(self, Model::Ode(_));
         let kind = if cfg.discrete {
             "re-discretised"

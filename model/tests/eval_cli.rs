@@ -122,7 +122,19 @@ fn steps_and_max_batches_change_the_pass() {
     let r = report(&eval(&args), &json);
     assert_eq!(r["steps"], 5);
     assert_eq!(r["tokens"], 2 * 4 * 8);
+    assert_eq!(
+        (r["solver"].as_str(), r["nfe"].as_u64()),
+        (Some("euler"), Some(5))
+    );
     assert!(r["loss"].as_f64().unwrap().is_finite());
+    // another solver changes the pass, and counts its stages
+    let rk4 = [&args[..], &["--solver", "rk4"]].concat();
+    let r4 = report(&eval(&rk4), &json);
+    assert_eq!(
+        (r4["solver"].as_str(), r4["nfe"].as_u64()),
+        (Some("rk4"), Some(20))
+    );
+    assert_ne!(r4["loss"], r["loss"]);
 }
 
 #[test]

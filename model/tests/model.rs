@@ -5,7 +5,7 @@ mod common;
 
 use common::{all_kinds, logits, max_abs_diff, randomize, tiny, tokens};
 use odeflow_autodiff::Tape;
-use odeflow_model::{Config, Forward, Model, ModelKind};
+use odeflow_model::{Config, Forward, GradMode, Model, ModelKind, Solver};
 
 #[test]
 fn allocated_parameters_match_the_arithmetic_count() {
@@ -159,6 +159,27 @@ fn bad_inputs_are_refused_with_a_reason() {
         .err()
         .unwrap();
     assert!(e.to_string().contains("fixed depth of 3 layers"), "{e}");
+    // fixed layers are Euler steps with fixed weights: no other solver, no adjoint
+    let ode = Model::new(&cfg, 0).unwrap();
+    let Model::Ode(ode) = ode else { unreachable!() };
+    let discrete = Model::Discrete(ode.to_discrete(3).unwrap());
+    for model in [&gpt, &discrete] {
+        let rk4 = Forward {
+            solver: Solver::Rk4,
+            ..Forward::eval()
+        };
+        let e = model
+            .forward(&tape, &tokens(1, 2, 32, 0), &rk4)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("fixed Euler steps"), "{e}");
+        let adjoint = Forward {
+            grad: GradMode::Adjoint,
+            ..Forward::eval()
+        };
+        let e = model.check_forward(&adjoint).unwrap_err();
+        assert!(e.to_string().contains("use backprop or checkpoint"), "{e}");
+    }
 }
 
 #[test]

@@ -296,3 +296,62 @@ fn an_existing_run_is_not_replaced_and_resume_flags_must_agree() {
     let o = s.run(&out, &["--resume"]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn any_solver_and_gradient_mode_trains_and_resume_keeps_them() {
+    let s = Scratch::new();
+    let config = s.out("model.toml").display().to_string();
+    let base = ["--config", &config, "--steps", "4", "--batch", "2"];
+    for (solver, grad) in [
+        ("rk4", "adjoint"),
+        ("heun", "adjoint:1"),
+        ("midpoint", "checkpoint"),
+    ] {
+        let out = s.out(&format!("{solver}-{grad}"));
+        let flags = [&base[..], &["--solver", solver, "--grad-mode", grad]].concat();
+        let o = s.run(&out, &flags);
+        assert!(o.status.success(), "{solver} {grad}: {}", stderr(&o));
+        let state = checkpoint::read(&out.join("checkpoint.safetensors")).unwrap();
+        let options = run_state(Path::new("x"), &state.metadata).unwrap().options;
+        assert_eq!(
+            (options.solver.to_string(), options.grad.to_string()),
+            (solver.to_string(), grad.to_string())
+        );
+        // a step's line counts the stages' evaluations: 2 steps x 4 stages for rk4
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        let nfe = match solver {
+            "rk4" => "nfe 8",
+            _ => "nfe 4",
+        };
+        assert!(stdout.contains(nfe), "{solver}: {stdout}");
+        let o = s.run(&out, &["--resume", "--solver", "euler"]);
+        assert!(
+            stderr(&o).contains("--solver euler (the run has"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn the_adjoint_on_a_model_with_fixed_layers_or_an_unknown_mode_is_refused() {
+    let s = Scratch::new();
+    let config = s.out("model.toml").display().to_string();
+    let flags = ["--config", &config, "--model", "gpt2", "--steps", "2"];
+    let o = s.run(
+        &s.out("gpt2"),
+        &[&flags[..], &["--grad-mode", "adjoint"]].concat(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("use backprop or checkpoint"),
+        "{}",
+        stderr(&o)
+    );
+    let o = s.run(
+        &s.out("bad"),
+        &["--config", &config, "--grad-mode", "adjoint:0"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("adjoint:K"), "{}", stderr(&o));
+}

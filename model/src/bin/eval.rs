@@ -24,7 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use odeflow_autodiff::Tape;
 use odeflow_data::shard::peek_header;
 use odeflow_data::{Shard, Tokenizer};
-use odeflow_model::{checkpoint, Forward, Model};
+use odeflow_model::{checkpoint, train, Forward, Model, Solver};
 use odeflow_runtime::Tensor;
 use serde::Serialize;
 
@@ -71,6 +71,11 @@ struct Args {
     #[arg(long)]
     steps: Option<usize>,
 
+    /// The ODE solver: euler, midpoint, heun or rk4 [default: the one the checkpoint trained
+    /// with, else euler]. A gpt2 or re-discretised model runs Euler only.
+    #[arg(long)]
+    solver: Option<Solver>,
+
     /// Also write the result here as a JSON object.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -88,6 +93,9 @@ struct Report {
     perplexity: f64,
     /// Solver steps (or layers) of the forward pass.
     steps: usize,
+    solver: Solver,
+    /// Vector-field evaluations of one forward pass.
+    nfe: usize,
 }
 
 fn main() -> ExitCode {
@@ -107,7 +115,11 @@ fn run(args: &Args) -> Result<()> {
     if args.batch == 0 || args.max_batches == Some(0) {
         return Err("--batch and --max-batches must be at least 1".into());
     }
-    let model = checkpoint::load(&args.checkpoint)?.model;
+    let loaded = checkpoint::load(&args.checkpoint)?;
+    let trained_with = train::run_state(&args.checkpoint, &loaded.metadata)
+        .ok()
+        .map(|state| state.options.solver);
+    let model = loaded.model;
     let cfg = model.config();
     let t = args.seq_len.unwrap_or(cfg.seq_len);
     if t == 0 || t > cfg.seq_len {
@@ -129,6 +141,7 @@ fn run(args: &Args) -> Result<()> {
     }
     let fwd = Forward {
         steps: args.steps,
+        solver: args.solver.or(trained_with).unwrap_or_default(),
         ..Forward::eval()
     };
     let started = Instant::now();
@@ -140,6 +153,8 @@ fn run(args: &Args) -> Result<()> {
         loss,
         perplexity: loss.exp(),
         steps: args.steps.unwrap_or(cfg.n_steps),
+        solver: fwd.solver,
+        nfe: model.nfe(&fwd),
     };
     print_line(&report, &model, started.elapsed().as_secs_f64());
     if let Some(path) = &args.json {
@@ -272,8 +287,8 @@ fn progress_bar(batches: u64) -> ProgressBar {
 /// The one line of a run:
 ///
 /// ```text
-/// eval | runs/tiny.safetensors | neural-ode | steps 4 | 8192 tokens | loss 1.4821 |
-///     perplexity 4.40 | 2.1 s      (one line)
+/// eval | runs/tiny.safetensors | neural-ode | steps 4 | euler | nfe 4 | 8192 tokens |
+///     loss 1.4821 | perplexity 4.40 | 2.1 s      (one line)
 /// ```
 fn print_line(report: &Report, model: &Model, seconds: f64) {
     let cfg = model.config();
@@ -288,10 +303,12 @@ fn print_line(report: &Report, model: &Model, seconds: f64) {
         loss,
         perplexity,
         steps,
+        solver,
+        nfe,
         ..
     } = report;
     println!(
-        "eval | {checkpoint} | {kind} | steps {steps} | {tokens} tokens | loss {loss:.4} | \
-         perplexity {perplexity:.2} | {seconds:.1} s"
+        "eval | {checkpoint} | {kind} | steps {steps} | {solver} | nfe {nfe} | {tokens} tokens | \
+         loss {loss:.4} | perplexity {perplexity:.2} | {seconds:.1} s"
     );
 }

@@ -38,7 +38,7 @@ use odeflow_model::plot::{plot_curves, Curve};
 use odeflow_model::sample::{generate, SampleOptions};
 use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord};
 use odeflow_model::train::{TrainOptions, Trainer};
-use odeflow_model::{checkpoint, Config, GradMode, Model, ModelKind};
+use odeflow_model::{checkpoint, Config, GradMode, Model, ModelKind, Solver};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -140,11 +140,24 @@ struct Args {
     #[arg(long)]
     checkpoint_every: Option<usize>,
 
-    /// backprop (keep every step's activations; fastest) or checkpoint (recompute each ODE
-    /// step in the backward pass: the reference's method, memory of one step) [default:
-    /// backprop].
+    /// How the ODE solve is differentiated [default: backprop]:
+    /// backprop (keep every step's activations; fastest, memory grows with the steps);
+    /// checkpoint (recompute each step in the backward pass: the reference's method, exact);
+    /// adjoint (solve the adjoint ODE backwards: memory independent of the steps, gradient
+    /// approximate, converging as the steps grow); adjoint:K (the adjoint with the state saved
+    /// every K steps, closer to exact). The adjoint modes need an ODE model.
     #[arg(long)]
-    grad_mode: Option<String>,
+    grad_mode: Option<GradMode>,
+
+    /// The ODE solver: euler (the reference's, 1 evaluation per step), midpoint or heun (2nd
+    /// order, 2 evaluations), rk4 (4th order, 4 evaluations) [default: euler].
+    #[arg(long)]
+    solver: Option<Solver>,
+
+    /// Solver steps L of an ODE model (its depth; the preset's by default). For gpt2, the
+    /// number of layers.
+    #[arg(long)]
+    ode_steps: Option<usize>,
 
     /// Continue the run saved in --out-dir.
     #[arg(long)]
@@ -382,6 +395,9 @@ fn settings(args: &Args) -> Result<(Config, TrainOptions)> {
     if let Some(p) = args.dropout {
         cfg.dropout = p;
     }
+    if let Some(n) = args.ode_steps {
+        cfg.n_steps = n;
+    }
     // a preset's vocabulary is the tokeniser's (the byte model needs no 50257-row table); a
     // config file's is kept, and checked against the tokeniser once the data is open
     if args.config.is_none() {
@@ -416,19 +432,12 @@ fn settings(args: &Args) -> Result<(Config, TrainOptions)> {
         eval_batches: args.eval_batches.unwrap_or(20),
         final_eval_batches: args.final_eval_batches.unwrap_or(200),
         checkpoint_every: args.checkpoint_every.unwrap_or(500),
-        grad: grad_mode(args.grad_mode.as_deref().unwrap_or("backprop"))?,
+        grad: args.grad_mode.unwrap_or(GradMode::Backprop),
+        solver: args.solver.unwrap_or_default(),
         optim,
     };
     options.validate()?;
     Ok((cfg, options))
-}
-
-fn grad_mode(name: &str) -> Result<GradMode> {
-    match name {
-        "backprop" => Ok(GradMode::Backprop),
-        "checkpoint" => Ok(GradMode::Checkpoint),
-        other => Err(format!("--grad-mode {other:?}: expected backprop or checkpoint").into()),
-    }
 }
 
 /// The settings of the run saved at `path`. Flags given beside --resume must agree with them:
@@ -484,6 +493,21 @@ fn saved_settings(args: &Args, path: &Path) -> Result<(Config, TrainOptions)> {
         "seed",
         args.seed.map(|v| v.to_string()),
         options.seed.to_string(),
+    );
+    check(
+        "grad-mode",
+        args.grad_mode.map(|g| g.to_string()),
+        options.grad.to_string(),
+    );
+    check(
+        "solver",
+        args.solver.map(|v| v.to_string()),
+        options.solver.to_string(),
+    );
+    check(
+        "ode-steps",
+        args.ode_steps.map(|v| v.to_string()),
+        cfg.n_steps.to_string(),
     );
     if args.preset.is_some() || args.config.is_some() || args.dropout.is_some() {
         clashes.push("--preset/--config/--dropout (a resumed run keeps its model)".into());

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
 use crate::optim::{AdamW, OptimConfig};
-use crate::{Error, Forward, GradMode, Model, Result};
+use crate::{Error, Forward, GradMode, Model, Result, Solver};
 
 pub use metrics::{EvalRecord, MetricsLog, Record, StepRecord};
 
@@ -66,8 +66,12 @@ pub struct TrainOptions {
     pub final_eval_batches: usize,
     /// Write a checkpoint every this many steps (0: only at the end and on interrupt).
     pub checkpoint_every: usize,
-    /// How the ODE solve is differentiated (plain backprop, or per-step recomputation).
+    /// How the ODE solve is differentiated (backprop, per-step recomputation, the adjoint).
     pub grad: GradMode,
+    /// The ODE solver, for training and evaluation (absent from the run states of older
+    /// checkpoints, which all trained with Euler).
+    #[serde(default)]
+    pub solver: Solver,
     pub optim: OptimConfig,
 }
 
@@ -144,6 +148,11 @@ impl Trainer {
     /// A fresh run. `loader` must draw windows of `options.batch` x the model's seq_len.
     pub fn new(model: Model, loader: TrainLoader, options: TrainOptions) -> Result<Trainer> {
         options.validate()?;
+        model.check_forward(&Forward {
+            grad: options.grad,
+            solver: options.solver,
+            ..Forward::eval()
+        })?;
         let optim = AdamW::new(&model, options.optim);
         Ok(Trainer {
             model,
@@ -204,6 +213,7 @@ impl Trainer {
     fn forward_options(&self, micro: usize) -> Forward {
         Forward {
             grad: self.options.grad,
+            solver: self.options.solver,
             ..Forward::train(dropout_seed(self.options.seed, self.step, micro))
         }
     }
@@ -268,7 +278,11 @@ impl Trainer {
     /// The mean loss over the first `max_batches` batches of `val` (all of them if 0), and its
     /// perplexity, at the config's depth without dropout. Rewinds `val` first.
     pub fn evaluate(&self, val: &mut ValLoader, max_batches: usize) -> Result<EvalRecord> {
-        evaluate(&self.model, val, max_batches, self.step)
+        let fwd = Forward {
+            solver: self.options.solver,
+            ..Forward::eval()
+        };
+        evaluate(&self.model, val, max_batches, self.step, &fwd)
     }
 
     /// The state `save` records, for logging.
@@ -307,12 +321,14 @@ pub fn run_state(path: &Path, metadata: &BTreeMap<String, String>) -> Result<Run
     serde_json::from_str(json).map_err(|e| bad(format!("its training state is unreadable: {e}")))
 }
 
-/// The mean loss of `model` over the first `max_batches` batches of `val` (all if 0).
+/// The mean loss of `model` run as `fwd` says over the first `max_batches` batches of `val`
+/// (all if 0).
 pub fn evaluate(
     model: &Model,
     val: &mut ValLoader,
     max_batches: usize,
     step: usize,
+    fwd: &Forward,
 ) -> Result<EvalRecord> {
     val.reset();
     let limit = if max_batches == 0 {
@@ -331,7 +347,7 @@ pub fn evaluate(
         let ids = Tensor::from_vec(batch.inputs, &[b, t])?;
         let targets = Tensor::from_vec(batch.targets, &[b, t])?;
         let tape = Tape::new();
-        let loss = tape.no_grad(|| model.loss(&tape, &ids, &targets, &Forward::eval()))?;
+        let loss = tape.no_grad(|| model.loss(&tape, &ids, &targets, fwd))?;
         // the loss is a mean over the batch's tokens: weight it by their number
         sum += loss.value().to_f32_vec()?[0] as f64 * (b * t) as f64;
         tokens += b * t;
@@ -391,6 +407,7 @@ mod tests {
             final_eval_batches: 0,
             checkpoint_every: 0,
             grad: GradMode::Backprop,
+            solver: Solver::Euler,
             optim: OptimConfig::paper(&cfg, 3),
         };
         Trainer::new(Model::new(&cfg, 5).unwrap(), loader, options).unwrap()
