@@ -72,6 +72,13 @@ impl NeuralOde {
         self.stem.logits(tape, &x1)
     }
 
+    /// X_0: the embeddings the solve starts from, without dropout.
+    ///
+    /// Shapes: ids [B, T] (u32) -> [B, T, D]
+    pub fn embed(&self, tape: &Tape, ids: &Tensor) -> Result<Var> {
+        self.stem.embed(tape, ids, None)
+    }
+
     /// The block as the solver sees it: F, and W(t) from the hypernetworks at any times.
     pub fn field(&self, dropout_seed: Option<u64>) -> Field {
         let (block, s) = (self.block.clone(), self.cfg.sinusoidal_dim);

@@ -157,7 +157,7 @@ fn adjoint_error_against_backprop_shrinks_at_the_solvers_order() {
                 relative_error(&adjoint, &exact)
             })
             .collect();
-        // the first pair may still be short of the asymptotic rate (Euler: 0.65 from 8 to 16)
+        // the first pair may still be short of the asymptotic rate (Euler: 0.69 from 8 to 16)
         let p = solver.order() as f64;
         let orders = observed_orders(&errs);
         assert!(

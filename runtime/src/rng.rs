@@ -18,10 +18,18 @@ pub struct Rng {
     spare_normal: Option<u64>,
 }
 
+/// 2^64 / golden ratio: SplitMix64's increment, also used to spread small counters apart.
+pub const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// One SplitMix64 step: the recommended way to expand a 64-bit seed into xoshiro's state.
 fn splitmix64(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *x;
+    *x = x.wrapping_add(GOLDEN_GAMMA);
+    mix64(*x)
+}
+
+/// SplitMix64's finaliser: a bijection of u64 whose every output bit depends on every input
+/// bit. Seeds derived as `mix64(seed ^ counter * GOLDEN_GAMMA)` look independent.
+pub fn mix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)

@@ -14,8 +14,9 @@
 //!    so that a(0) = dl/dX(0) and g(0) = dl/dθ. Each right-hand side costs one evaluation of F
 //!    and one vector-Jacobian product through it (`slopes`), at any (X, a, t).
 //! 3. **Backward solve.** The same tableau integrates (X, a) from t = 1 to 0 in reversed time
-//!    τ = 1 - t, step by step; g is the quadrature sum_s b_s dt aᵀ∂F/∂θ at the stage points, added
-//!    straight into the parameters' gradient buffers. a(0) is returned as x0's gradient.
+//!    τ = 1 - t, step by step (`reversed_stage_time` says where its stages sit); g is the
+//!    quadrature sum_s b_s dt aᵀ∂F/∂θ at the stage points, added straight into the parameters'
+//!    gradient buffers. a(0) is returned as x0's gradient.
 //!
 //! **The gradient is approximate.** It is the exact gradient of the continuous ODE, discretised;
 //! not the exact gradient of the discrete forward solve (which `Backprop` and `Checkpoint`
@@ -79,7 +80,13 @@ pub(super) fn solve(
 /// Step i of the forward solve, unrecorded: X_{i+1} from X_i, with W(t) generated per stage.
 ///
 /// Shapes: x [B, T, D] -> [B, T, D]
-fn forward_step(solver: Solver, field: &Field, i: usize, n: usize, x: &Tensor) -> Result<Tensor> {
+pub(super) fn forward_step(
+    solver: Solver,
+    field: &Field,
+    i: usize,
+    n: usize,
+    x: &Tensor,
+) -> Result<Tensor> {
     let tape = Tape::new();
     tape.no_grad(|| {
         let x = tape.constant(x.clone());
@@ -90,6 +97,27 @@ fn forward_step(solver: Solver, field: &Field, i: usize, n: usize, x: &Tensor) -
         })?;
         Ok(y.value().clone())
     })
+}
+
+/// X(0) as the adjoint's backward solve re-integrates it from X(1): its distance from the
+/// forward's X(0) is the drift of the doc above.
+///
+/// Shapes: x1 [B, T, D] -> [B, T, D]
+pub(super) fn reintegrate(solver: Solver, field: &Field, n: usize, x1: &Tensor) -> Result<Tensor> {
+    let (tab, dt) = (solver.tableau(), 1.0 / n as f64);
+    let mut x = x1.clone();
+    for i in (0..n).rev() {
+        x = rk_step(tab, &x, dt as f32, |s, xs| {
+            let t = reversed_stage_time(solver, i, s, n);
+            let tape = Tape::new();
+            tape.no_grad(|| {
+                let w = weights_at(field, &tape, t)?;
+                let f = field.eval(&tape.constant(xs.clone()), &w, t)?;
+                Ok(f.value().scale(-1.0)?)
+            })
+        })?;
+    }
+    Ok(x)
 }
 
 /// The backward solve's state: X and a, stepped together by the same tableau.
@@ -109,7 +137,7 @@ impl Axpy for Augmented {
 }
 
 /// Step i backwards, from (X, a) at t_{i+1} = (i + 1) dt to t_i, in reversed time τ = 1 - t:
-/// stage s sits at t = t_{i+1} - c_s dt, and its parameter term enters g with weight b_s dt.
+/// stage s sits at `reversed_stage_time`, and its parameter term enters g with weight b_s dt.
 fn backward_step(
     solver: Solver,
     field: &Field,
@@ -119,9 +147,23 @@ fn backward_step(
 ) -> Result<Augmented> {
     let (tab, dt) = (solver.tableau(), 1.0 / n as f64);
     rk_step(tab, z, dt as f32, |s, zs| {
-        let t = (i as f64 + 1.0 - tab.c[s]) * dt;
+        let t = reversed_stage_time(solver, i, s, n);
         slopes(field, zs, t, tab.b[s] * dt)
     })
+}
+
+/// The time of stage s of backward step i: t_{i+1} - c_s dt, with c_s = sum_j A[s][j], the
+/// stage time that makes the tableau consistent in reversed time.
+///
+/// That is the tableau's own c for midpoint, Heun and RK4. The reference's Euler declares
+/// c = 1 (it evaluates at the step's right end); the consistent c is 0, which puts its backward
+/// evaluation at t_{i+1}, the very time the forward step used. This matters for this model: a
+/// trained W(t) is only known to be good at the times training evaluated, and with sin(1000 t)
+/// among its inputs, W(t_i) says nothing about W(t_{i+1}). With c = 1 the backward solve would
+/// evaluate a model trained at L = 4 at t = 0, where it never ran.
+fn reversed_stage_time(solver: Solver, i: usize, s: usize, n: usize) -> f64 {
+    let c: f64 = solver.tableau().a[s].iter().sum();
+    (i as f64 + 1.0 - c) / n as f64
 }
 
 /// Phase 2, the augmented dynamics in reversed time at one point:

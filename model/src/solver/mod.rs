@@ -13,7 +13,8 @@ mod adjoint;
 pub mod tableau;
 
 use odeflow_autodiff::{Result, Tape, Var};
-use odeflow_runtime::Error as RuntimeError;
+use odeflow_runtime::rng::{mix64, GOLDEN_GAMMA};
+use odeflow_runtime::{Error as RuntimeError, Tensor};
 use std::fmt;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -48,12 +49,9 @@ impl Field {
     }
 }
 
-/// The dropout seed of an evaluation at time t (a SplitMix64 finaliser of seed and t's bits).
+/// The dropout seed of an evaluation at time t.
 fn mask_seed(seed: u64, t: f64) -> u64 {
-    let mut z = seed ^ t.to_bits().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mix64(seed ^ t.to_bits().wrapping_mul(GOLDEN_GAMMA))
 }
 
 /// Which integration scheme advances the state.
@@ -138,6 +136,25 @@ impl Solver {
             )),
             GradMode::CheckpointedAdjoint(k) => adjoint::solve(self, x0, field, n_steps, k),
         }
+    }
+
+    /// X(1) from X(0) without a tape, generating W(t) per evaluation (the adjoint's forward).
+    ///
+    /// Shapes: x0 [B, T, D] -> [B, T, D]
+    pub fn integrate(self, x0: &Tensor, field: &Field, n_steps: usize) -> Result<Tensor> {
+        let mut x = x0.clone();
+        for i in 0..n_steps {
+            x = adjoint::forward_step(self, field, i, n_steps, &x)?;
+        }
+        Ok(x)
+    }
+
+    /// X(0) re-integrated backwards from X(1) with the same tableau, as the adjoint's backward
+    /// solve does: comparing it with the true X(0) measures the adjoint's state drift.
+    ///
+    /// Shapes: x1 [B, T, D] -> [B, T, D]
+    pub fn reintegrate(self, x1: &Tensor, field: &Field, n_steps: usize) -> Result<Tensor> {
+        adjoint::reintegrate(self, field, n_steps, x1)
     }
 
     /// The solve as ordinary tape ops: every W(t) generated at once on `x0`'s tape, then each
@@ -272,7 +289,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use odeflow_runtime::Tensor;
 
     /// dx/dt = a x, with the constant a as every W(t).
     fn growth(a: f32) -> Field {
@@ -301,6 +317,27 @@ mod tests {
             assert!((got[0] - growth).abs() < 1e-5 && (got[1] + 2.0 * growth).abs() < 1e-5);
         }
         assert_eq!(Solver::Euler.eval_times(4), vec![0.25, 0.5, 0.75, 1.0]);
+    }
+
+    #[test]
+    fn the_backward_reintegration_of_euler_has_its_closed_form() {
+        // forward x_L = x_0 (1 + a/L)^L; backwards each step subtracts dt a x: x_0 (1 - a/L)^L
+        // times that, which is not x_0: the drift the adjoint's backward solve sees
+        let (a, n) = (0.7f32, 8);
+        let x0 = Tensor::from_vec(vec![1.0f32, -2.0], &[2]).unwrap();
+        let x1 = Solver::Euler.integrate(&x0, &growth(a), n).unwrap();
+        let back = Solver::Euler.reintegrate(&x1, &growth(a), n).unwrap();
+        let (up, down) = (
+            (1.0 + a / n as f32).powi(n as i32),
+            (1.0 - a / n as f32).powi(n as i32),
+        );
+        let (x1, back) = (x1.to_vec::<f32>().unwrap(), back.to_vec::<f32>().unwrap());
+        assert!((x1[0] - up).abs() < 1e-5 && (x1[1] + 2.0 * up).abs() < 1e-5);
+        assert!((back[0] - up * down).abs() < 1e-5 && (back[1] + 2.0 * up * down).abs() < 1e-5);
+        // RK4 undoes itself to within its own error
+        let x1 = Solver::Rk4.integrate(&x0, &growth(a), n).unwrap();
+        let back = Solver::Rk4.reintegrate(&x1, &growth(a), n).unwrap();
+        assert!((back.to_vec::<f32>().unwrap()[0] - 1.0).abs() < 1e-5);
     }
 
     #[test]

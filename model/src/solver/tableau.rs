@@ -32,7 +32,8 @@ impl Tableau {
 
 /// The reference's Euler, which evaluates F at the *right* end of the step:
 /// X_{i+1} = X_i + dt F(X_i, t_{i+1}) (MODEL.md section 1). Still first order: moving the time
-/// argument by dt changes each slope by O(dt).
+/// argument by dt changes each slope by O(dt). Its c = 1 is not the row sum of A (0), which
+/// the adjoint's backward solve uses instead (`adjoint.rs`, `reversed_stage_time`).
 pub const EULER: Tableau = Tableau {
     c: &[1.0],
     a: &[&[]],

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use odeflow_autodiff::Tape;
 use odeflow_data::{Batch, LoaderState, TrainLoader, ValLoader};
+use odeflow_runtime::rng::{mix64, GOLDEN_GAMMA};
 use odeflow_runtime::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -127,10 +128,7 @@ pub struct RunState {
 /// needs no saved generator.
 pub fn dropout_seed(seed: u64, step: usize, micro: usize) -> u64 {
     let counter = (step as u64) << 16 | micro as u64;
-    let mut z = seed ^ counter.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mix64(seed ^ counter.wrapping_add(1).wrapping_mul(GOLDEN_GAMMA))
 }
 
 /// A model, its optimiser and its data, advanced one step at a time.
