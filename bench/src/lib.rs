@@ -3,7 +3,9 @@
 //! `cargo bench` runs the criterion benchmarks in `benches/` (kernel throughput: GFLOP/s for the
 //! matmul, tokens/s for the loader). The binaries in `src/bin/` are the experiments that print a
 //! table comparing odeflow with a reference measured in the same run (for example the matmul
-//! against OpenBLAS through numpy); their results are recorded in `bench/RESULTS.md`.
+//! against OpenBLAS through numpy, or `adjoint_memory`: the memory, time and gradient error of
+//! each way of differentiating the ODE solve as L grows); their results are recorded in
+//! `bench/RESULTS.md`.
 
 /// The value of `--reps N` on the command line, or `default` when absent. A value that is not a
 /// positive integer ends the program with a usage line (exit code 2) rather than a panic.
