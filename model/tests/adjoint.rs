@@ -97,7 +97,7 @@ fn gradient(model: &Model, fwd: &Forward) -> Vec<f64> {
         }
         match p.grad() {
             Some(g) => all.extend(g.to_vec::<f32>().unwrap().into_iter().map(f64::from)),
-            None => all.extend(std::iter::repeat(0.0).take(p.numel())),
+            None => all.extend(std::iter::repeat_n(0.0, p.numel())),
         }
     }
     all

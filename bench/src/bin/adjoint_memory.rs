@@ -214,7 +214,7 @@ fn measure(
     for p in model.params() {
         match p.grad() {
             Some(g) => grads.extend(g.to_vec::<f32>()?),
-            None => grads.extend(std::iter::repeat(0.0).take(p.numel())),
+            None => grads.extend(std::iter::repeat_n(0.0, p.numel())),
         }
     }
     model.params().iter().for_each(Param::zero_grad);
