@@ -1,9 +1,27 @@
 //! # odeflow-kernels: the hand-written CUDA kernels
 //!
-//! This crate will hold odeflow's GPU code: one CUDA C source per op family (GEMM, fused
-//! hypernetwork weight generation, flash-style attention forward and backward, fused
-//! norm/activation/loss/optimizer kernels, and the fused steps of adjoint ODE backprop), the PTX
-//! generated from them and committed, and the typed module enum through which the runtime's CUDA
-//! backend loads them with `cudarc`. Every kernel will have a CPU reference in `odeflow-runtime`
-//! and a test comparing the two. Nothing lives here yet: the CUDA backend is a later issue, and the
-//! workspace must keep building with no CUDA toolkit and no GPU present.
+//! odeflow's GPU code, without cuBLAS or cuDNN:
+//!
+//! - `kernels/cuda/*.cu`: the kernels in CUDA C, one file per op family, each with a header
+//!   saying what it computes, how the work is split, and which test holds its reference;
+//! - `kernels/ptx/*.ptx`: the PTX NVRTC makes of them (`kernels/ptx/generate.py`), committed,
+//!   and checked by CI against a fresh compile and by `ptxas` for sm_90;
+//! - `module.rs`: the PTX embedded in the binary behind a `Module` enum;
+//! - `gpu.rs`: a device (context, one stream, the modules it loaded, a caching allocator);
+//! - `launch.rs`: the launch configurations, pure arithmetic so the CPU tests check them;
+//! - one file of launchers per `.cu` file (`elementwise.rs`).
+//!
+//! The crate builds and its CPU tests pass on a machine with no CUDA toolkit and no GPU: the
+//! driver is loaded at run time, and `Gpu::new` without one is `Error::NoDriver` ("no CUDA
+//! driver found; run on CPU with --device cpu"). The tests that need a GPU compare every kernel
+//! with the CPU reference (`tests/tests/gpu_*.rs`, `#[ignore = "needs a CUDA GPU"]`).
+
+pub mod elementwise;
+mod error;
+pub mod gpu;
+pub mod launch;
+pub mod module;
+
+pub use error::{Error, Result};
+pub use gpu::{DeviceBuffer, Gpu, MemoryStats};
+pub use module::Module;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds here, in release mode, everything bench/gpu/check.sh runs on the GPU machine (which has
+# no Rust toolchain): the test binaries that hold GPU tests, and the GPU benches. They go to
+# bench/gpu/bin/ (ignored by git), which the device call names in `carry`:
+#
+#   bash bench/gpu/prepare.sh
+#   device run: bash bench/gpu/check.sh      carry: ["bench/gpu/bin"]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=bench/gpu/bin
+rm -rf "$out" && mkdir -p "$out"
+
+# test executables, by target name (cargo prints their paths as JSON)
+cargo test --release -p odeflow-kernels -p odeflow-tests --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        name = m["target"]["name"].replace("-", "_")
+        kind = "lib" if "lib" in m["target"]["kind"] else "test"
+        shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
+'
+cargo build --release -p odeflow-bench --bin gpu_elementwise
+cp target/release/gpu_elementwise "$out/"
+strip --strip-debug "$out"/* 2>/dev/null || true
+ls -la "$out"
+du -sh "$out"

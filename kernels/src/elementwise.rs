@@ -1,0 +1,309 @@
+//! Launchers of `kernels/cuda/elementwise.cu`: activations (forward, backward) and same-shape
+//! binary ops, on contiguous buffers of n elements.
+//!
+//! Each launcher has an allocating form (`gelu_fwd(..) -> y`) and an `_into` form that writes
+//! a buffer the caller owns (the tests poison it first, to catch a kernel that skips elements).
+//! Outputs are overwritten, never accumulated.
+
+use crate::error::{cuda, Error, Result};
+use crate::gpu::{DeviceBuffer, Gpu};
+use crate::launch::elementwise_config;
+use crate::module::Module;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use std::sync::Arc;
+
+/// The element types the kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElemType {
+    F32,
+    Bf16,
+}
+
+impl ElemType {
+    pub const ALL: [ElemType; 2] = [ElemType::F32, ElemType::Bf16];
+
+    pub fn size(self) -> usize {
+        match self {
+            ElemType::F32 => 4,
+            ElemType::Bf16 => 2,
+        }
+    }
+}
+
+/// The unary activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// GPT-2's tanh approximation.
+    Gelu,
+    /// x sigmoid(x)
+    Silu,
+}
+
+/// The same-shape binary ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// The kernel of `act` in direction `backward` for `ty`: `{op}_{fwd|bwd}_{dtype}`.
+pub fn activation_kernel(act: Activation, backward: bool, ty: ElemType) -> &'static str {
+    use {Activation::*, ElemType::*};
+    match (act, backward, ty) {
+        (Gelu, false, F32) => "gelu_fwd_f32",
+        (Gelu, false, Bf16) => "gelu_fwd_bf16",
+        (Gelu, true, F32) => "gelu_bwd_f32",
+        (Gelu, true, Bf16) => "gelu_bwd_bf16",
+        (Silu, false, F32) => "silu_fwd_f32",
+        (Silu, false, Bf16) => "silu_fwd_bf16",
+        (Silu, true, F32) => "silu_bwd_f32",
+        (Silu, true, Bf16) => "silu_bwd_bf16",
+    }
+}
+
+pub fn binary_kernel(op: Binary, ty: ElemType) -> &'static str {
+    use {Binary::*, ElemType::*};
+    match (op, ty) {
+        (Add, F32) => "add_fwd_f32",
+        (Add, Bf16) => "add_fwd_bf16",
+        (Sub, F32) => "sub_fwd_f32",
+        (Sub, Bf16) => "sub_fwd_bf16",
+        (Mul, F32) => "mul_fwd_f32",
+        (Mul, Bf16) => "mul_fwd_bf16",
+    }
+}
+
+pub fn affine_kernel(ty: ElemType) -> &'static str {
+    match ty {
+        ElemType::F32 => "affine_fwd_f32",
+        ElemType::Bf16 => "affine_fwd_bf16",
+    }
+}
+
+/// y = act(x).
+///
+/// Shapes: x [n] -> y [n]
+pub fn activation_fwd(
+    act: Activation,
+    ty: ElemType,
+    x: &DeviceBuffer,
+    n: usize,
+) -> Result<DeviceBuffer> {
+    let mut y = x.gpu().alloc(n * ty.size())?;
+    activation_fwd_into(&mut y, act, ty, x, n)?;
+    Ok(y)
+}
+
+/// `activation_fwd` into `y`.
+///
+/// Shapes: y [n] (written), x [n]
+pub fn activation_fwd_into(
+    y: &mut DeviceBuffer,
+    act: Activation,
+    ty: ElemType,
+    x: &DeviceBuffer,
+    n: usize,
+) -> Result<()> {
+    let name = activation_kernel(act, false, ty);
+    check(name, n * ty.size(), &[y, x])?;
+    let Some(cfg) = elementwise_config(n) else {
+        return Ok(());
+    };
+    let (gpu, n) = (x.gpu().clone(), n as u64);
+    let f = gpu.function(Module::Elementwise, name)?;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch.arg(y.slice_mut()).arg(x.slice()).arg(&n);
+    // SAFETY: the arguments are the kernel's (T* y, const T* x, u64 n), in that order; both
+    // buffers hold at least n elements of T (checked above) and are distinct (one is borrowed
+    // mutably); the kernel reads and writes only indices below n.
+    unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
+    Ok(())
+}
+
+/// dx = dy act'(x).
+///
+/// Shapes: dy [n], x [n] -> dx [n]
+pub fn activation_bwd(
+    act: Activation,
+    ty: ElemType,
+    dy: &DeviceBuffer,
+    x: &DeviceBuffer,
+    n: usize,
+) -> Result<DeviceBuffer> {
+    let mut dx = x.gpu().alloc(n * ty.size())?;
+    activation_bwd_into(&mut dx, act, ty, dy, x, n)?;
+    Ok(dx)
+}
+
+/// `activation_bwd` into `dx` (overwritten).
+///
+/// Shapes: dx [n] (written), dy [n], x [n]
+pub fn activation_bwd_into(
+    dx: &mut DeviceBuffer,
+    act: Activation,
+    ty: ElemType,
+    dy: &DeviceBuffer,
+    x: &DeviceBuffer,
+    n: usize,
+) -> Result<()> {
+    let name = activation_kernel(act, true, ty);
+    check(name, n * ty.size(), &[dx, dy, x])?;
+    launch3(name, elementwise_config(n), dx, dy, x, n)
+}
+
+/// y = a op b.
+///
+/// Shapes: a [n], b [n] -> y [n]
+pub fn binary_fwd(
+    op: Binary,
+    ty: ElemType,
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    n: usize,
+) -> Result<DeviceBuffer> {
+    let mut y = a.gpu().alloc(n * ty.size())?;
+    binary_fwd_into(&mut y, op, ty, a, b, n)?;
+    Ok(y)
+}
+
+/// `binary_fwd` into `y`.
+///
+/// Shapes: y [n] (written), a [n], b [n]
+pub fn binary_fwd_into(
+    y: &mut DeviceBuffer,
+    op: Binary,
+    ty: ElemType,
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    n: usize,
+) -> Result<()> {
+    let name = binary_kernel(op, ty);
+    check(name, n * ty.size(), &[y, a, b])?;
+    launch3(name, elementwise_config(n), y, a, b, n)
+}
+
+/// y = mul x + add.
+///
+/// Shapes: x [n] -> y [n]
+pub fn affine_fwd(
+    ty: ElemType,
+    x: &DeviceBuffer,
+    mul: f32,
+    add: f32,
+    n: usize,
+) -> Result<DeviceBuffer> {
+    let mut y = x.gpu().alloc(n * ty.size())?;
+    affine_fwd_into(&mut y, ty, x, mul, add, n)?;
+    Ok(y)
+}
+
+/// `affine_fwd` into `y`.
+///
+/// Shapes: y [n] (written), x [n]
+pub fn affine_fwd_into(
+    y: &mut DeviceBuffer,
+    ty: ElemType,
+    x: &DeviceBuffer,
+    mul: f32,
+    add: f32,
+    n: usize,
+) -> Result<()> {
+    let name = affine_kernel(ty);
+    check(name, n * ty.size(), &[y, x])?;
+    let Some(cfg) = elementwise_config(n) else {
+        return Ok(());
+    };
+    let (gpu, n) = (x.gpu().clone(), n as u64);
+    let f = gpu.function(Module::Elementwise, name)?;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(y.slice_mut())
+        .arg(x.slice())
+        .arg(&mul)
+        .arg(&add)
+        .arg(&n);
+    // SAFETY: the arguments are the kernel's (T* y, const T* x, float mul, float add, u64 n);
+    // both buffers hold n elements of T (checked) and are distinct; indices stay below n.
+    unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
+    Ok(())
+}
+
+/// Launches a kernel of signature (T* out, const T* a, const T* b, u64 n).
+fn launch3(
+    name: &'static str,
+    cfg: Option<LaunchConfig>,
+    out: &mut DeviceBuffer,
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    n: usize,
+) -> Result<()> {
+    let Some(cfg) = cfg else {
+        return Ok(());
+    };
+    let gpu: Arc<Gpu> = a.gpu().clone();
+    let n = n as u64;
+    let f = gpu.function(Module::Elementwise, name)?;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(out.slice_mut())
+        .arg(a.slice())
+        .arg(b.slice())
+        .arg(&n);
+    // SAFETY: every kernel launched here has the signature (T* out, const T* a, const T* b,
+    // u64 n), the callers check each buffer holds n elements of T, `out` is borrowed mutably so
+    // it aliases neither input, and the kernel touches indices below n only.
+    unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
+    Ok(())
+}
+
+/// Every buffer must hold `bytes` and live on the first one's device.
+fn check(kernel: &str, bytes: usize, buffers: &[&DeviceBuffer]) -> Result<()> {
+    let gpu = buffers[0].gpu();
+    for (i, b) in buffers.iter().enumerate() {
+        if b.bytes() < bytes {
+            let msg = format!(
+                "buffer {i} holds {} bytes, the launch needs {bytes}",
+                b.bytes()
+            );
+            return Err(Error::Launch {
+                kernel: kernel.into(),
+                msg,
+            });
+        }
+        if !Arc::ptr_eq(b.gpu(), gpu) {
+            let msg = format!("buffer {i} lives on another device");
+            return Err(Error::Launch {
+                kernel: kernel.into(),
+                msg,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_a_launcher_names_is_in_the_ptx() {
+        let entries = Module::Elementwise.entries();
+        let mut names = Vec::new();
+        for ty in ElemType::ALL {
+            for act in [Activation::Gelu, Activation::Silu] {
+                names.push(activation_kernel(act, false, ty));
+                names.push(activation_kernel(act, true, ty));
+            }
+            for op in [Binary::Add, Binary::Sub, Binary::Mul] {
+                names.push(binary_kernel(op, ty));
+            }
+            names.push(affine_kernel(ty));
+        }
+        for name in &names {
+            assert!(entries.contains(name), "{name} is not in elementwise.ptx");
+        }
+        // and the PTX holds nothing the launchers cannot reach
+        assert_eq!(entries.len(), names.len());
+    }
+}
