@@ -2,6 +2,7 @@
 """Compile kernels/cuda/*.cu to kernels/ptx/*.ptx with NVRTC, and check them with ptxas.
 
     python3 kernels/ptx/generate.py            # regenerate the committed PTX
+    python3 kernels/ptx/generate.py kernels/cuda/norm.cu   # only these sources
     python3 kernels/ptx/generate.py --check    # fail if the committed PTX differs from a fresh one
     python3 kernels/ptx/generate.py --ptxas    # also assemble each file for sm_90, print the
                                                # registers, spills and shared memory per kernel
@@ -137,8 +138,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="compare with the committed PTX")
     parser.add_argument("--ptxas", action="store_true", help="assemble for sm_90 and report")
+    parser.add_argument("sources", nargs="*", help="the .cu files to compile [default: all]")
     args = parser.parse_args()
-    sources = sorted(glob.glob(os.path.join(SOURCES, "*.cu")))
+    sources = [os.path.abspath(p) for p in args.sources]
+    sources = sources or sorted(glob.glob(os.path.join(SOURCES, "*.cu")))
     sp = ensure_wheels()
     nvrtc = Nvrtc(sp)
     os.chdir(sp)  # see INCLUDE
