@@ -17,10 +17,17 @@
 //! with the CPU reference (`tests/tests/gpu_*.rs`, `#[ignore = "needs a CUDA GPU"]`).
 
 pub mod elementwise;
+pub mod embedding;
 mod error;
+pub mod gemm;
 pub mod gpu;
 pub mod launch;
+pub mod layout;
 pub mod module;
+pub mod norm;
+pub mod optim;
+pub mod reduce;
+pub mod softmax;
 
 pub use error::{Error, Result};
 pub use gpu::{DeviceBuffer, Gpu, MemoryStats};

@@ -10,10 +10,33 @@
 pub enum Module {
     /// `kernels/cuda/elementwise.cu`: activations and same-shape binary ops.
     Elementwise,
+    /// `kernels/cuda/norm.cu`: LayerNorm and RMSNorm, forward and backward.
+    Norm,
+    /// `kernels/cuda/softmax.cu`: softmax and the fused softmax cross-entropy.
+    Softmax,
+    /// `kernels/cuda/gemm.cu`: the batched matrix product, f32 SIMT and bf16 tensor cores.
+    Gemm,
+    /// `kernels/cuda/optim.cu`: the fused AdamW update (in place).
+    Optim,
+    /// `kernels/cuda/embedding.cu`: the embedding gather and its scatter-add backward.
+    Embedding,
+    /// `kernels/cuda/layout.cu`: f32 <-> bf16 casts and the batched transpose.
+    Layout,
+    /// `kernels/cuda/reduce.cu`: the sum over the last dim and the sum of squares.
+    Reduce,
 }
 
 impl Module {
-    pub const ALL: [Module; 1] = [Module::Elementwise];
+    pub const ALL: [Module; 8] = [
+        Module::Elementwise,
+        Module::Norm,
+        Module::Softmax,
+        Module::Gemm,
+        Module::Optim,
+        Module::Embedding,
+        Module::Layout,
+        Module::Reduce,
+    ];
 
     /// The position of the module in `Module::ALL` (the device's table of loaded modules).
     pub fn index(self) -> usize {
@@ -23,6 +46,13 @@ impl Module {
     pub fn name(self) -> &'static str {
         match self {
             Module::Elementwise => "elementwise",
+            Module::Gemm => "gemm",
+            Module::Norm => "norm",
+            Module::Softmax => "softmax",
+            Module::Optim => "optim",
+            Module::Embedding => "embedding",
+            Module::Layout => "layout",
+            Module::Reduce => "reduce",
         }
     }
 
@@ -30,6 +60,13 @@ impl Module {
     pub fn ptx(self) -> &'static str {
         match self {
             Module::Elementwise => include_str!("../ptx/elementwise.ptx"),
+            Module::Gemm => include_str!("../ptx/gemm.ptx"),
+            Module::Norm => include_str!("../ptx/norm.ptx"),
+            Module::Softmax => include_str!("../ptx/softmax.ptx"),
+            Module::Optim => include_str!("../ptx/optim.ptx"),
+            Module::Embedding => include_str!("../ptx/embedding.ptx"),
+            Module::Layout => include_str!("../ptx/layout.ptx"),
+            Module::Reduce => include_str!("../ptx/reduce.ptx"),
         }
     }
 
