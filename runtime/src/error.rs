@@ -36,6 +36,17 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// The op has no kernel for this device yet.
+    #[error(
+        "{op} is not implemented on {device} yet; move the tensor to the CPU with \
+         `to_device(Device::Cpu)` (the CUDA backend is being built op by op)"
+    )]
+    Unsupported { op: &'static str, device: Device },
+
+    /// The CUDA side failed: no driver, a driver call, a launch.
+    #[error(transparent)]
+    Cuda(#[from] odeflow_kernels::Error),
+
     #[error("{op}: tensors live on different devices ({lhs} and {rhs})")]
     DeviceMismatch {
         op: &'static str,

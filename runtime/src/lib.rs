@@ -8,6 +8,7 @@
 //! tour.
 
 pub mod cpu;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

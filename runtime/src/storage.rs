@@ -6,6 +6,7 @@
 //! can never see its parent change under it. Each storage is charged to the memory meter
 //! (`crate::memory`) for as long as it lives.
 
+use crate::cuda::CudaStorage;
 use crate::memory::Charge;
 use crate::{DType, Device, Element};
 use half::{bf16, f16};
@@ -20,10 +21,13 @@ pub enum CpuStorage {
     U32(Vec<u32>),
 }
 
-/// A buffer on some device. Only the CPU variant exists until the CUDA backend lands.
-#[derive(Clone, Debug, PartialEq)]
+/// A buffer on some device.
+#[derive(Debug)]
 pub enum Buffer {
     Cpu(CpuStorage),
+    /// Device memory; its bytes are metered by its device's allocator (`Gpu::memory`), not by
+    /// the CPU's storage meter.
+    Cuda(CudaStorage),
 }
 
 /// A buffer plus its entry on the memory meter: the bytes are refunded when it is dropped.
@@ -145,18 +149,21 @@ impl Buffer {
     pub fn device(&self) -> Device {
         match self {
             Buffer::Cpu(_) => Device::Cpu,
+            Buffer::Cuda(s) => Device::Cuda(s.ordinal()),
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
             Buffer::Cpu(s) => s.dtype(),
+            Buffer::Cuda(s) => s.dtype(),
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
             Buffer::Cpu(s) => s.len(),
+            Buffer::Cuda(s) => s.len(),
         }
     }
 
@@ -172,7 +179,11 @@ impl Buffer {
 impl Storage {
     /// Takes ownership of `buffer` and charges its bytes to the memory meter.
     pub fn new(buffer: Buffer) -> Storage {
-        let charge = Charge::new(buffer.size_in_bytes());
+        let host_bytes = match &buffer {
+            Buffer::Cpu(_) => buffer.size_in_bytes(),
+            Buffer::Cuda(_) => 0,
+        };
+        let charge = Charge::new(host_bytes);
         Storage {
             buffer,
             _charge: charge,

@@ -1,5 +1,6 @@
 //! The `Tensor`: a shared buffer plus a layout that says which of its elements the tensor sees.
 
+use crate::cuda::CudaStorage;
 use crate::layout::{broadcast_shape, Layout};
 use crate::rng::Rng;
 use crate::storage::{Buffer, CpuStorage, Storage};
@@ -45,6 +46,45 @@ impl Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
         let storage = Storage::new(Buffer::Cpu(data));
         Tensor::from_parts(Arc::new(storage), Layout::contiguous(shape))
+    }
+
+    /// A contiguous tensor over a fresh storage of exactly `shape`'s element count.
+    pub(crate) fn from_storage(storage: Storage, shape: &[usize]) -> Tensor {
+        Tensor::from_parts(Arc::new(storage), Layout::contiguous(shape))
+    }
+
+    /// This tensor's values on `device` (a copy, contiguous; the tensor itself when it is
+    /// already there).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let cpu = match self.device() {
+            Device::Cpu => self.contiguous()?,
+            Device::Cuda(_) => {
+                let host = self.storage_on_host()?;
+                let t = Tensor::from_parts(
+                    Arc::new(Storage::new(Buffer::Cpu(host))),
+                    self.layout.clone(),
+                );
+                t.contiguous()?
+            }
+        };
+        match device {
+            Device::Cpu => Ok(cpu),
+            Device::Cuda(i) => {
+                let storage = CudaStorage::upload(cpu.cpu(), i)?;
+                Ok(Tensor::from_storage(
+                    Storage::new(Buffer::Cuda(storage)),
+                    self.shape(),
+                ))
+            }
+        }
+    }
+
+    /// A CUDA tensor's whole buffer, copied to the host.
+    fn storage_on_host(&self) -> Result<CpuStorage> {
+        self.cuda_storage("to_device")?.download()
     }
 
     /// A contiguous tensor of `dtype` holding `values` rounded to that dtype. Internal: the
@@ -144,7 +184,8 @@ impl Tensor {
         Arc::ptr_eq(&self.storage, &other.storage)
     }
 
-    /// The elements in row-major order, as `T` (which must be the tensor's dtype).
+    /// The elements in row-major order, as `T` (which must be the tensor's dtype). A CUDA
+    /// tensor is copied to the host first.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype() {
             return Err(Error::DTypeMismatch {
@@ -153,13 +194,20 @@ impl Tensor {
                 rhs: T::DTYPE,
             });
         }
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_vec();
+        }
         let t = self.contiguous()?;
         let start = t.layout.offset();
         Ok(t.cpu().as_slice::<T>()[start..start + t.numel()].to_vec())
     }
 
-    /// The elements in row-major order, widened to f32 (u32 indices are converted too).
+    /// The elements in row-major order, widened to f32 (u32 indices are converted too). A
+    /// CUDA tensor is copied to the host first.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        if self.device() != Device::Cpu {
+            return self.to_device(Device::Cpu)?.to_f32_vec();
+        }
         Ok(self.contiguous()?.f32_data().into_owned())
     }
 
@@ -278,6 +326,7 @@ impl Tensor {
                 let data = self.cpu().gather_rows(&starts, len, stride);
                 Ok(Tensor::from_cpu(data, self.shape()))
             }
+            Device::Cuda(_) => Err(crate::cuda::unsupported("contiguous", self.device())),
         }
     }
 
@@ -287,6 +336,10 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
+        if let Device::Cuda(_) = self.device() {
+            // the cast kernels come with the layout kernels
+            return Err(crate::cuda::unsupported("to_dtype", self.device()));
+        }
         let t = self.contiguous()?;
         let values = t.f32_data().into_owned();
         Ok(Tensor::from_f32_values(values, self.shape(), dtype))
@@ -295,10 +348,24 @@ impl Tensor {
 
 // access for the CPU kernels
 impl Tensor {
-    /// The CPU buffer. Every op dispatches on the device before calling this.
+    /// The CPU buffer. Every op dispatches on the device before calling this, so a CUDA
+    /// tensor never gets here: if one does, an op's dispatch is missing its CUDA arm.
     pub(crate) fn cpu(&self) -> &CpuStorage {
         match self.storage.buffer() {
             Buffer::Cpu(s) => s,
+            Buffer::Cuda(_) => panic!("internal: CPU kernel handed a {} tensor", self.device()),
+        }
+    }
+
+    /// The device buffer of a CUDA tensor.
+    pub(crate) fn cuda_storage(&self, op: &'static str) -> Result<&CudaStorage> {
+        match self.storage.buffer() {
+            Buffer::Cuda(s) => Ok(s),
+            Buffer::Cpu(_) => Err(Error::DeviceMismatch {
+                op,
+                lhs: Device::Cuda(0),
+                rhs: Device::Cpu,
+            }),
         }
     }
 

@@ -48,6 +48,7 @@ pub fn embedding_fwd(weight: &Tensor, ids: &Tensor) -> Result<Tensor> {
             });
             Ok(Tensor::from_f32_values(out, &shape, weight.dtype()))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported("embedding_fwd", weight.device())),
     }
 }
 
@@ -77,6 +78,7 @@ pub fn embedding_bwd(dout: &Tensor, ids: &Tensor, vocab: usize) -> Result<Tensor
             }
             Ok(Tensor::from_f32_values(dweight, &[vocab, d], dout.dtype()))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported("embedding_bwd", dout.device())),
     }
 }
 

@@ -78,6 +78,10 @@ pub fn cross_entropy_fwd(
                 Tensor::from_f32_values(lse, &[n], DType::F32),
             ))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported(
+            "cross_entropy_fwd",
+            logits.device(),
+        )),
     }
 }
 
@@ -113,6 +117,10 @@ pub fn cross_entropy_bwd(
             });
             Ok(Tensor::from_f32_values(dz, &[n, v], logits.dtype()))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported(
+            "cross_entropy_bwd",
+            logits.device(),
+        )),
     }
 }
 

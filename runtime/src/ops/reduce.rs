@@ -75,6 +75,7 @@ pub fn reduce_fwd(op: ReduceOp, x: &Tensor, dim: usize, keepdim: bool) -> Result
             let y = cpu::map_rows(count, n, |r| op.reduce_row(&rows[r * n..(r + 1) * n]));
             Ok(Tensor::from_f32_values(y, &shape, x.dtype()))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported("reduce_fwd", x.device())),
     }
 }
 
@@ -151,6 +152,7 @@ pub fn argmax(x: &Tensor, dim: usize) -> Result<Tensor> {
             let idx: Vec<u32> = rows.chunks(n).map(first_max_index).collect();
             Tensor::from_vec(idx, &reduced_shape(x.shape(), dim, false))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported("argmax", x.device())),
     }
 }
 

@@ -59,6 +59,7 @@ fn forward(kind: Kind, op: &'static str, x: &Tensor) -> Result<Tensor> {
             });
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported("forward", x.device())),
     }
 }
 
@@ -118,6 +119,7 @@ fn backward(kind: Kind, op: &'static str, dy: &Tensor, y: &Tensor) -> Result<Ten
             });
             Ok(Tensor::from_f32_values(dx, y.shape(), y.dtype()))
         }
+        Device::Cuda(_) => Err(crate::cuda::unsupported("backward", y.device())),
     }
 }
 

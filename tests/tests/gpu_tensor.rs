@@ -1,0 +1,89 @@
+//! Tensors on a CUDA device through the runtime's API: transfers in every dtype, views, the ops
+//! that have kernels against their CPU results, and the error of an op that has none yet.
+//! Tolerances: f32 within 4 ulps plus 1e-6, bf16 within one bf16 rounding (2^-8 relative).
+
+use odeflow_runtime::ops::elementwise::UnaryOp;
+use odeflow_runtime::{DType, Device, Error, Rng, Tensor};
+
+const GPU: Device = Device::Cuda(0);
+
+fn random(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
+    Tensor::randn(shape, 0.0, 2.0, dtype, &mut Rng::new(seed))
+}
+
+fn assert_close(label: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.device(), Device::Cpu);
+    assert_eq!(got.shape(), want.shape(), "{label}");
+    let rel = match want.dtype() {
+        DType::BF16 => 1.0 / 256.0,
+        _ => 4.0 * f32::EPSILON,
+    };
+    let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!(
+            (a - b).abs() <= rel * b.abs() + 1e-6,
+            "{label} [{i}]: {a} vs {b}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tensors_go_to_the_device_and_back_unchanged() {
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let t = random(&[3, 5, 7], dtype, 1);
+        let back = t.to_device(GPU).unwrap().to_device(Device::Cpu).unwrap();
+        assert_eq!(
+            back.to_f32_vec().unwrap(),
+            t.to_f32_vec().unwrap(),
+            "{dtype}"
+        );
+    }
+    let ids = Tensor::from_vec(vec![0u32, 7, 4_000_000_000], &[3]).unwrap();
+    let back = ids.to_device(GPU).unwrap().to_device(Device::Cpu).unwrap();
+    assert_eq!(back.to_vec::<u32>().unwrap(), vec![0, 7, 4_000_000_000]);
+    // a strided view comes back in its own element order
+    let t = random(&[4, 6], DType::F32, 2);
+    let view = t.to_device(GPU).unwrap().transpose(0, 1).unwrap();
+    let back = view.to_device(Device::Cpu).unwrap();
+    let want = t.transpose(0, 1).unwrap().contiguous().unwrap();
+    assert_eq!(back.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_ops_with_kernels_match_the_cpu() {
+    for dtype in [DType::F32, DType::BF16] {
+        let (a, b) = (random(&[5, 33], dtype, 3), random(&[5, 33], dtype, 4));
+        let (ga, gb) = (a.to_device(GPU).unwrap(), b.to_device(GPU).unwrap());
+        let cpu = |t: Tensor| t.to_device(Device::Cpu).unwrap();
+        assert_close("gelu", &cpu(ga.gelu().unwrap()), &a.gelu().unwrap());
+        assert_close("silu", &cpu(ga.silu().unwrap()), &a.silu().unwrap());
+        assert_close("add", &cpu(ga.add(&gb).unwrap()), &a.add(&b).unwrap());
+        assert_close("sub", &cpu(ga.sub(&gb).unwrap()), &a.sub(&b).unwrap());
+        assert_close("mul", &cpu(ga.mul(&gb).unwrap()), &a.mul(&b).unwrap());
+        assert_close(
+            "scale",
+            &cpu(ga.scale(0.5).unwrap()),
+            &a.scale(0.5).unwrap(),
+        );
+        let op = UnaryOp::Gelu;
+        let y = a.gelu().unwrap();
+        let want = odeflow_runtime::ops::elementwise::unary_bwd(op, &b, &a, &y).unwrap();
+        let gy = ga.gelu().unwrap();
+        let got = odeflow_runtime::ops::elementwise::unary_bwd(op, &gb, &ga, &gy).unwrap();
+        assert_close("gelu backward", &cpu(got), &want);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn an_op_without_a_kernel_says_so_and_mixing_devices_is_refused() {
+    let a = random(&[4], DType::F32, 5).to_device(GPU).unwrap();
+    match a.exp() {
+        Err(Error::Unsupported { op, device }) => assert_eq!((op, device), ("exp", GPU)),
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    let cpu = random(&[4], DType::F32, 6);
+    assert!(matches!(a.add(&cpu), Err(Error::DeviceMismatch { .. })));
+}
