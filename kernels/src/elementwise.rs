@@ -5,7 +5,8 @@
 //! a buffer the caller owns (the tests poison it first, to catch a kernel that skips elements).
 //! Outputs are overwritten, never accumulated.
 
-use crate::error::{cuda, Error, Result};
+use crate::check::{bytes_of, check_args, Arg};
+use crate::error::{cuda, Result};
 use crate::gpu::{DeviceBuffer, Gpu};
 use crate::launch::elementwise_config;
 use crate::module::Module;
@@ -106,7 +107,8 @@ pub fn activation_fwd_into(
     n: usize,
 ) -> Result<()> {
     let name = activation_kernel(act, false, ty);
-    check(name, n * ty.size(), &[y, x])?;
+    let bytes = bytes_of(name, &[n], ty.size())?;
+    check_args(name, &[Arg::new("y", y, bytes), Arg::new("x", x, bytes)])?;
     let Some(cfg) = elementwise_config(n) else {
         return Ok(());
     };
@@ -148,7 +150,13 @@ pub fn activation_bwd_into(
     n: usize,
 ) -> Result<()> {
     let name = activation_kernel(act, true, ty);
-    check(name, n * ty.size(), &[dx, dy, x])?;
+    let bytes = bytes_of(name, &[n], ty.size())?;
+    let args = [
+        Arg::new("dx", dx, bytes),
+        Arg::new("dy", dy, bytes),
+        Arg::new("x", x, bytes),
+    ];
+    check_args(name, &args)?;
     launch3(name, elementwise_config(n), dx, dy, x, n)
 }
 
@@ -179,7 +187,13 @@ pub fn binary_fwd_into(
     n: usize,
 ) -> Result<()> {
     let name = binary_kernel(op, ty);
-    check(name, n * ty.size(), &[y, a, b])?;
+    let bytes = bytes_of(name, &[n], ty.size())?;
+    let args = [
+        Arg::new("y", y, bytes),
+        Arg::new("a", a, bytes),
+        Arg::new("b", b, bytes),
+    ];
+    check_args(name, &args)?;
     launch3(name, elementwise_config(n), y, a, b, n)
 }
 
@@ -210,7 +224,8 @@ pub fn affine_fwd_into(
     n: usize,
 ) -> Result<()> {
     let name = affine_kernel(ty);
-    check(name, n * ty.size(), &[y, x])?;
+    let bytes = bytes_of(name, &[n], ty.size())?;
+    check_args(name, &[Arg::new("y", y, bytes), Arg::new("x", x, bytes)])?;
     let Some(cfg) = elementwise_config(n) else {
         return Ok(());
     };
@@ -254,31 +269,6 @@ fn launch3(
     // u64 n), the callers check each buffer holds n elements of T, `out` is borrowed mutably so
     // it aliases neither input, and the kernel touches indices below n only.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
-    Ok(())
-}
-
-/// Every buffer must hold `bytes` and live on the first one's device.
-fn check(kernel: &str, bytes: usize, buffers: &[&DeviceBuffer]) -> Result<()> {
-    let gpu = buffers[0].gpu();
-    for (i, b) in buffers.iter().enumerate() {
-        if b.bytes() < bytes {
-            let msg = format!(
-                "buffer {i} holds {} bytes, the launch needs {bytes}",
-                b.bytes()
-            );
-            return Err(Error::Launch {
-                kernel: kernel.into(),
-                msg,
-            });
-        }
-        if !Arc::ptr_eq(b.gpu(), gpu) {
-            let msg = format!("buffer {i} lives on another device");
-            return Err(Error::Launch {
-                kernel: kernel.into(),
-                msg,
-            });
-        }
-    }
     Ok(())
 }
 

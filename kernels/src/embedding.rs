@@ -9,10 +9,10 @@
 //! kernels (nothing is read or written for it), and the runtime validates ids on the host before
 //! uploading them (runtime/src/ops/embedding.rs `check_ids`).
 
+use crate::check::{bytes_of, check_args, Arg};
 use crate::elementwise::ElemType;
 use crate::error::{cuda, Result};
 use crate::gpu::DeviceBuffer;
-use crate::layout::{bytes_of, check_buffers};
 use crate::module::Module;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -80,12 +80,12 @@ pub fn embedding_fwd_into(
     d: usize,
 ) -> Result<()> {
     let name = embedding_kernel(false, ty);
-    let needs = [
-        ("out", &*out, bytes_of(name, &[n, d], ty.size())?),
-        ("weight", weight, bytes_of(name, &[vocab, d], ty.size())?),
-        ("ids", ids, bytes_of(name, &[n], 4)?),
+    let args = [
+        Arg::new("out", out, bytes_of(name, &[n, d], ty.size())?),
+        Arg::new("weight", weight, bytes_of(name, &[vocab, d], ty.size())?),
+        Arg::new("ids", ids, bytes_of(name, &[n], 4)?),
     ];
-    check_buffers(name, &needs)?;
+    check_args(name, &args)?;
     launch(
         name,
         embedding_config(n, d),
@@ -132,12 +132,12 @@ pub fn embedding_bwd_into(
     d: usize,
 ) -> Result<()> {
     let name = embedding_kernel(true, ty);
-    let needs = [
-        ("dweight", &*dweight, bytes_of(name, &[vocab, d], 4)?),
-        ("dout", dout, bytes_of(name, &[n, d], ty.size())?),
-        ("ids", ids, bytes_of(name, &[n], 4)?),
+    let args = [
+        Arg::new("dweight", dweight, bytes_of(name, &[vocab, d], 4)?),
+        Arg::new("dout", dout, bytes_of(name, &[n, d], ty.size())?),
+        Arg::new("ids", ids, bytes_of(name, &[n], 4)?),
     ];
-    check_buffers(name, &needs)?;
+    check_args(name, &args)?;
     launch(
         name,
         embedding_config(n, d),

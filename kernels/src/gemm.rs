@@ -8,14 +8,15 @@
 //! Each launcher has an allocating form (`gemm`, beta = 0) and an `_into` form that writes a
 //! buffer the caller owns. With beta = 0 the output is overwritten and never read; otherwise it
 //! accumulates (C = alpha op(A) op(B) + beta C), which is how a gradient sums into its buffer.
-//! Every argument is checked (`check`) before the driver is touched.
+//! Every argument is checked (`check`, `operand_bytes`) before the driver is touched.
 
+use crate::check::{check_args, check_sizes, launch_error, Arg};
 use crate::elementwise::ElemType;
 use crate::error::{cuda, Error, Result};
 use crate::gpu::DeviceBuffer;
+use crate::launch::{MAX_GRID_X, MAX_GRID_YZ};
 use crate::module::Module;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use std::sync::Arc;
 
 /// The product one launch computes: sizes, transposes, and batch strides in elements.
 ///
@@ -183,16 +184,9 @@ pub const GEMM_BF16_TILING: GemmTiling = GemmTiling {
     static_shared_bytes: 2 * 128 * (32 + 8) * 2,
 };
 
-/// CUDA's grid limits: x below 2^31, y and z at most 65535.
-pub const MAX_GRID_X: usize = (1 << 31) - 1;
-pub const MAX_GRID_YZ: usize = 65_535;
 /// The largest M, N or K: the kernels take them as `int` and form row and column indices up to
 /// a tile (128) past the last one, which must not overflow.
 pub const MAX_DIM: usize = i32::MAX as usize - 256;
-/// The most threads a block may have.
-pub const MAX_BLOCK_THREADS: u32 = 1024;
-/// The most shared memory a kernel may declare statically (more needs the dynamic opt-in).
-pub const MAX_STATIC_SHARED_BYTES: usize = 48 * 1024;
 
 /// The configuration of a GEMM launch, `None` when C is empty (a launch with an empty grid is an
 /// error in CUDA). K = 0 still launches: C = beta C.
@@ -215,7 +209,7 @@ pub fn gemm_config(kernel: GemmKernel, shape: &GemmShape) -> Result<Option<Launc
              for M {} N {} batch {}; split the batch or the rows over several launches",
             shape.m, shape.n, shape.batch
         );
-        return Err(launch_error(kernel, msg));
+        return Err(launch_error(kernel.name(), msg));
     }
     Ok(Some(LaunchConfig {
         grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
@@ -234,9 +228,17 @@ pub fn check(
     a_bytes: usize,
     b_bytes: usize,
 ) -> Result<()> {
+    let [c, a, b] = operand_bytes(kernel, shape)?;
+    let sizes = [("C", c_bytes, c), ("A", a_bytes, a), ("B", b_bytes, b)];
+    check_sizes(kernel.name(), &sizes)
+}
+
+/// The bytes C, A and B must hold for `shape`, once the shape is known to fit the kernel: M, N
+/// and K within its `int` arithmetic, and C's batch entries apart.
+fn operand_bytes(kernel: GemmKernel, shape: &GemmShape) -> Result<[usize; 3]> {
     if shape.m.max(shape.n).max(shape.k) > MAX_DIM {
         let msg = format!("{shape:?}: M, N and K must each be at most {MAX_DIM}");
-        return Err(launch_error(kernel, msg));
+        return Err(launch_error(kernel.name(), msg));
     }
     if shape.batch > 1 && shape.stride_c < shape.m * shape.n {
         let msg = format!(
@@ -244,33 +246,20 @@ pub fn check(
             shape.stride_c,
             shape.m * shape.n
         );
-        return Err(launch_error(kernel, msg));
+        return Err(launch_error(kernel.name(), msg));
     }
     let (input, output) = (kernel.input().size(), kernel.output().size());
-    let operands = [
-        ("C", shape.c_len(), output, c_bytes),
-        ("A", shape.a_len(), input, a_bytes),
-        ("B", shape.b_len(), input, b_bytes),
-    ];
-    for (name, len, size, bytes) in operands {
-        let needed = len.and_then(|len| len.checked_mul(size));
-        let Some(needed) = needed else {
+    let bytes = |name: &str, len: Option<usize>, size: usize| {
+        len.and_then(|len| len.checked_mul(size)).ok_or_else(|| {
             let msg = format!("{shape:?}: the extent of {name} overflows usize");
-            return Err(launch_error(kernel, msg));
-        };
-        if bytes < needed {
-            let msg = format!("{name} holds {bytes} bytes, the launch needs {needed} ({shape:?})");
-            return Err(launch_error(kernel, msg));
-        }
-    }
-    Ok(())
-}
-
-fn launch_error(kernel: GemmKernel, msg: String) -> Error {
-    Error::Launch {
-        kernel: kernel.name().into(),
-        msg,
-    }
+            launch_error(kernel.name(), msg)
+        })
+    };
+    Ok([
+        bytes("C", shape.c_len(), output)?,
+        bytes("A", shape.a_len(), input)?,
+        bytes("B", shape.b_len(), input)?,
+    ])
 }
 
 /// C = alpha op(A) op(B), in a new buffer of `shape.c_len()` elements of the kernel's output.
@@ -284,10 +273,8 @@ pub fn gemm(
     alpha: f32,
     shape: &GemmShape,
 ) -> Result<DeviceBuffer> {
-    let len = shape.c_len().unwrap_or(usize::MAX);
-    let bytes = len.saturating_mul(kernel.output().size());
-    check(kernel, shape, bytes, a.bytes(), b.bytes())?;
-    let mut c = a.gpu().alloc(bytes)?;
+    let [c_bytes, ..] = operand_bytes(kernel, shape)?;
+    let mut c = a.gpu().alloc(c_bytes)?;
     gemm_into(&mut c, kernel, a, b, alpha, 0.0, shape)?;
     Ok(c)
 }
@@ -306,11 +293,13 @@ pub fn gemm_into(
     beta: f32,
     shape: &GemmShape,
 ) -> Result<()> {
-    check(kernel, shape, c.bytes(), a.bytes(), b.bytes())?;
-    if !Arc::ptr_eq(a.gpu(), c.gpu()) || !Arc::ptr_eq(b.gpu(), c.gpu()) {
-        let msg = "A, B and C must live on the same device".to_string();
-        return Err(launch_error(kernel, msg));
-    }
+    let [c_bytes, a_bytes, b_bytes] = operand_bytes(kernel, shape)?;
+    let args = [
+        Arg::new("C", c, c_bytes),
+        Arg::new("A", a, a_bytes),
+        Arg::new("B", b, b_bytes),
+    ];
+    check_args(kernel.name(), &args)?;
     let Some(cfg) = gemm_config(kernel, shape)? else {
         return Ok(());
     };
@@ -332,10 +321,10 @@ pub fn gemm_into(
     // SAFETY: the arguments are the kernel's (TC* c, const T* a, const T* b, float alpha,
     // float beta, int m, int n, int k, int trans_a, int trans_b, u64 stride_a, u64 stride_b,
     // u64 stride_c), in that order and of those types, with T and TC the kernel's input and
-    // output types. `check` proved m, n, k fit an int and each buffer holds its operand's last
-    // batch entry at its stride, which bounds every address the kernel forms (it guards rows,
-    // columns and k past the edges); C's batch entries do not overlap, and C is borrowed
-    // mutably, so it aliases neither input.
+    // output types. The checks above proved m, n, k fit an int and each buffer holds its
+    // operand's last batch entry at its stride, which bounds every address the kernel forms (it
+    // guards rows, columns and k past the edges); C's batch entries do not overlap, and C is
+    // borrowed mutably, so it aliases neither input.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -343,6 +332,7 @@ pub fn gemm_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::{MAX_BLOCK_THREADS, MAX_STATIC_SHARED_BYTES};
 
     /// Sizes either side of the tiles (8, 32, 128) and well past them.
     const RAGGED: [usize; 9] = [1, 7, 17, 64, 127, 128, 129, 300, 4097];

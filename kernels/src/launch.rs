@@ -12,6 +12,16 @@ pub const ELEMENTWISE_BLOCK: u32 = 256;
 /// more than one element, which costs nothing and keeps the grid small for huge tensors.
 pub const ELEMENTWISE_MAX_BLOCKS: u32 = 2304;
 
+/// CUDA's grid limits: x below 2^31, y and z at most 65535.
+pub const MAX_GRID_X: usize = i32::MAX as usize;
+pub const MAX_GRID_YZ: usize = 65_535;
+
+/// The most threads a block may have.
+pub const MAX_BLOCK_THREADS: u32 = 1024;
+
+/// The most shared memory a kernel may declare statically (more needs the dynamic opt-in).
+pub const MAX_STATIC_SHARED_BYTES: usize = 48 * 1024;
+
 /// The configuration of an elementwise kernel over `n` elements, `None` when there is nothing
 /// to do (a launch with an empty grid is an error in CUDA).
 ///

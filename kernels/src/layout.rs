@@ -1,27 +1,22 @@
 //! Launchers of `kernels/cuda/layout.cu`: the f32 <-> bf16 casts and the transpose of the last
-//! two dims of a batch of matrices. Also the argument checks that the launchers of `optim`,
-//! `embedding`, `layout` and `reduce` share (`check_buffers`, `bytes_of`): pure size arithmetic
-//! that fails with `Error::Launch` before any driver call.
+//! two dims of a batch of matrices.
 //!
 //! Each launcher has an allocating form and an `_into` form that writes a buffer the caller owns
 //! (the tests poison it first). Outputs are overwritten, never accumulated.
 
+use crate::check::{bytes_of, check_args, launch_error, Arg};
 use crate::elementwise::ElemType;
-use crate::error::{cuda, Error, Result};
+use crate::error::{cuda, Result};
 use crate::gpu::DeviceBuffer;
-use crate::launch::elementwise_config;
+use crate::launch::{elementwise_config, MAX_GRID_X, MAX_GRID_YZ};
 use crate::module::Module;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use std::sync::Arc;
 
 /// The side of a transpose tile: a warp's width, so one tile row is one coalesced access.
 pub const TILE: u32 = 32;
 
 /// Thread rows of a transpose block: 32 x 8 = 256 threads, each moving TILE / 8 = 4 elements.
 pub const TILE_ROWS: u32 = 8;
-
-/// The largest grid y and z dimensions CUDA allows.
-pub const GRID_YZ_MAX: u32 = 65_535;
 
 /// The two casts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,8 +74,8 @@ pub fn transpose_config(
         return Ok(None);
     }
     let tiles = |n: usize| n.div_ceil(TILE as usize);
-    let max = GRID_YZ_MAX as usize;
-    if tiles(rows) > max || batch > max || tiles(cols) > i32::MAX as usize {
+    let max = MAX_GRID_YZ;
+    if tiles(rows) > max || batch > max || tiles(cols) > MAX_GRID_X {
         let msg = format!(
             "[{batch}, {rows}, {cols}] needs a grid of ({}, {}, {batch}) tiles; \
              the grid's y and z stop at {max}",
@@ -113,7 +108,10 @@ pub fn cast_fwd_into(y: &mut DeviceBuffer, cast: Cast, x: &DeviceBuffer, n: usiz
     let name = cast_kernel(cast);
     let y_bytes = bytes_of(name, &[n], cast.to().size())?;
     let x_bytes = bytes_of(name, &[n], cast.from().size())?;
-    check_buffers(name, &[("y", y, y_bytes), ("x", x, x_bytes)])?;
+    check_args(
+        name,
+        &[Arg::new("y", y, y_bytes), Arg::new("x", x, x_bytes)],
+    )?;
     let Some(cfg) = elementwise_config(n) else {
         return Ok(());
     };
@@ -157,7 +155,7 @@ pub fn transpose_fwd_into(
 ) -> Result<()> {
     let name = transpose_kernel(ty);
     let bytes = bytes_of(name, &[batch, rows, cols], ty.size())?;
-    check_buffers(name, &[("y", y, bytes), ("x", x, bytes)])?;
+    check_args(name, &[Arg::new("y", y, bytes), Arg::new("x", x, bytes)])?;
     let Some(cfg) = transpose_config(name, batch, rows, cols)? else {
         return Ok(());
     };
@@ -174,51 +172,6 @@ pub fn transpose_fwd_into(
     // buffers hold batch R C elements of T (checked), and y is borrowed mutably so it is not x.
     // Block z handles matrix z < batch, and every index is bounds-checked against R and C.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
-    Ok(())
-}
-
-// ---- argument checks shared by the optim, embedding, layout and reduce launchers ----
-
-pub(crate) fn launch_error(kernel: &str, msg: String) -> Error {
-    Error::Launch {
-        kernel: kernel.into(),
-        msg,
-    }
-}
-
-/// The bytes of a buffer of shape `dims` with `elem`-byte elements, or an error when the count
-/// overflows a usize (a launch could then index past the buffer it was sized from).
-pub(crate) fn bytes_of(kernel: &str, dims: &[usize], elem: usize) -> Result<usize> {
-    dims.iter()
-        .try_fold(elem, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| launch_error(kernel, format!("{dims:?} x {elem} bytes overflows")))
-}
-
-/// Each `(name, held bytes, needed bytes)` must hold what the launch needs.
-pub(crate) fn check_sizes(kernel: &str, sizes: &[(&str, usize, usize)]) -> Result<()> {
-    for &(name, held, needed) in sizes {
-        if held < needed {
-            let msg = format!("{name} holds {held} bytes, the launch needs {needed}");
-            return Err(launch_error(kernel, msg));
-        }
-    }
-    Ok(())
-}
-
-/// `check_sizes` of each `(name, buffer, needed bytes)`, and all on the first one's device.
-pub(crate) fn check_buffers(kernel: &str, buffers: &[(&str, &DeviceBuffer, usize)]) -> Result<()> {
-    let sizes: Vec<_> = buffers
-        .iter()
-        .map(|&(n, b, need)| (n, b.bytes(), need))
-        .collect();
-    check_sizes(kernel, &sizes)?;
-    let gpu = buffers[0].1.gpu();
-    for &(name, b, _) in buffers {
-        if !Arc::ptr_eq(b.gpu(), gpu) {
-            let msg = format!("{name} lives on another device than {}", buffers[0].0);
-            return Err(launch_error(kernel, msg));
-        }
-    }
     Ok(())
 }
 
@@ -281,18 +234,5 @@ mod tests {
                 "{msg}"
             );
         }
-    }
-
-    #[test]
-    fn size_checks_name_the_short_buffer_and_catch_overflow() {
-        assert!(check_sizes("k", &[("y", 8, 8), ("x", 9, 8)]).is_ok());
-        let msg = check_sizes("k", &[("y", 8, 8), ("x", 7, 8)])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(msg, "k: x holds 7 bytes, the launch needs 8");
-        assert_eq!(bytes_of("k", &[2, 3, 5], 4).unwrap(), 120);
-        assert_eq!(bytes_of("k", &[], 2).unwrap(), 2);
-        let err = bytes_of("k", &[usize::MAX / 2, 3], 1).unwrap_err();
-        assert!(matches!(err, Error::Launch { .. }), "{err}");
     }
 }

@@ -8,7 +8,9 @@
 //!   and checked by CI against a fresh compile and by `ptxas` for sm_90;
 //! - `module.rs`: the PTX embedded in the binary behind a `Module` enum;
 //! - `gpu.rs`: a device (context, one stream, the modules it loaded, a caching allocator);
-//! - `launch.rs`: the launch configurations, pure arithmetic so the CPU tests check them;
+//! - `launch.rs`: the launch configurations and CUDA's grid limits, pure arithmetic so the CPU
+//!   tests check them;
+//! - `check.rs`: the argument checks every launcher makes before it touches the driver;
 //! - one file of launchers per `.cu` file (`elementwise.rs`).
 //!
 //! The crate builds and its CPU tests pass on a machine with no CUDA toolkit and no GPU: the
@@ -16,6 +18,7 @@
 //! driver found; run on CPU with --device cpu"). The tests that need a GPU compare every kernel
 //! with the CPU reference (`tests/tests/gpu_*.rs`, `#[ignore = "needs a CUDA GPU"]`).
 
+mod check;
 pub mod elementwise;
 pub mod embedding;
 mod error;

@@ -14,16 +14,14 @@
 //!   one kernel writes per-chunk column sums into it, and a second adds those in chunk order
 //!   (norm.cu's header says why: a float atomicAdd's order, and so its last bits, would change
 //!   from run to run).
-//!
-//! This file also holds the argument checks shared with `softmax.rs` (`check_rows`,
-//! `check_args`): they are pure functions of sizes, so the CPU tests exercise them.
 
+use crate::check::{check_args, check_rows, Arg};
 use crate::elementwise::ElemType;
-use crate::error::{cuda, Error, Result};
+use crate::error::{cuda, Result};
 use crate::gpu::DeviceBuffer;
+use crate::launch::MAX_GRID_X;
 use crate::module::Module;
 use cudarc::driver::{LaunchArgs, LaunchConfig, PushKernelArg};
-use std::sync::Arc;
 
 /// Warps per block of the warp-per-row kernels (forward and dx): 4 warps, 128 threads. sm_90
 /// keeps at most 32 blocks resident per SM, and 32 blocks of 4 warps still reach its 64 warps,
@@ -43,9 +41,6 @@ pub const DPARAMS_MIN_ROWS_PER_CHUNK: usize = 64;
 /// second pass's loop at 256 loads, while 256 chunks of D = 768 columns are still 768 blocks
 /// for the first pass (about 6 per SM).
 pub const DPARAMS_MAX_CHUNKS: usize = 256;
-
-/// The largest grid.x a launch may use (CUDA's limit).
-pub(crate) const MAX_GRID_X: usize = i32::MAX as usize;
 
 /// A null device pointer, for an absent weight, bias or output.
 static NULL: u64 = 0;
@@ -148,90 +143,10 @@ pub fn dparams_config(rows: usize, d: usize) -> DParamsConfig {
     }
 }
 
-// ---- argument checks, shared with softmax.rs ----
-
-/// Checks a [rows, row_len] shape: row_len >= 1, its size in bytes (as f32, the widest dtype)
-/// fits in a usize, and at most `max_rows` rows (what the launch's grid can cover). Returns
-/// rows * row_len.
-pub(crate) fn check_rows(
-    kernel: &str,
-    rows: usize,
-    row_len: usize,
-    max_rows: usize,
-) -> Result<usize> {
-    let fail = |msg: String| {
-        Err(Error::Launch {
-            kernel: kernel.into(),
-            msg,
-        })
-    };
-    if row_len == 0 {
-        return fail(format!(
-            "rows of length 0 ([{rows}, 0]): the row length must be >= 1"
-        ));
-    }
-    if rows > max_rows {
-        return fail(format!(
-            "{rows} rows, more than one launch covers ({max_rows})"
-        ));
-    }
-    match rows
-        .checked_mul(row_len)
-        .filter(|n| n.checked_mul(4).is_some())
-    {
-        Some(n) => Ok(n),
-        None => fail(format!(
-            "[{rows}, {row_len}] has more elements than a usize counts"
-        )),
-    }
-}
-
-/// One buffer argument of a launch, as `check_args` sees it.
-pub(crate) struct Arg {
-    pub name: &'static str,
-    /// The buffer's size and the size the launch reads or writes, in bytes.
-    pub bytes: usize,
-    pub needs: usize,
-    /// The address of the buffer's `Gpu`: equal for buffers of the same device.
-    pub device: usize,
-}
-
-impl Arg {
-    pub(crate) fn new(name: &'static str, buf: &DeviceBuffer, needs: usize) -> Arg {
-        Arg {
-            name,
-            bytes: buf.bytes(),
-            needs,
-            device: Arc::as_ptr(buf.gpu()) as usize,
-        }
-    }
-}
-
-/// Every buffer must hold what the launch needs and live on the first one's device.
-pub(crate) fn check_args(kernel: &str, args: &[Arg]) -> Result<()> {
-    let fail = |msg: String| {
-        Err(Error::Launch {
-            kernel: kernel.into(),
-            msg,
-        })
-    };
-    for a in args {
-        if a.bytes < a.needs {
-            let (name, bytes, needs) = (a.name, a.bytes, a.needs);
-            return fail(format!(
-                "{name} holds {bytes} bytes, the launch needs {needs}"
-            ));
-        }
-        if a.device != args[0].device {
-            let (name, first) = (a.name, args[0].name);
-            return fail(format!("{name} lives on another device than {first}"));
-        }
-    }
-    Ok(())
-}
+// ---- argument helpers ----
 
 /// Pushes a buffer, or a null pointer when it is absent.
-pub(crate) fn arg_or_null<'a>(launch: &mut LaunchArgs<'a>, buf: Option<&'a DeviceBuffer>) {
+fn arg_or_null<'a>(launch: &mut LaunchArgs<'a>, buf: Option<&'a DeviceBuffer>) {
     match buf {
         Some(b) => launch.arg(b.slice()),
         None => launch.arg(&NULL),
@@ -247,7 +162,7 @@ fn out_or_null<'a>(launch: &mut LaunchArgs<'a>, buf: Option<&'a mut DeviceBuffer
 }
 
 /// The checks of a [D] parameter, when present.
-fn param_arg(name: &'static str, p: Option<&DeviceBuffer>, needs: usize) -> Option<Arg> {
+fn param_arg<'a>(name: &'static str, p: Option<&'a DeviceBuffer>, needs: usize) -> Option<Arg<'a>> {
     p.map(|p| Arg::new(name, p, needs))
 }
 
@@ -692,44 +607,5 @@ mod tests {
                 assert_eq!(cfg.sum.grid_dim, (columns, 1, 1));
             }
         }
-    }
-
-    #[test]
-    fn bad_shapes_are_refused_with_the_kernel_name() {
-        let msg = |r: Result<usize>| r.unwrap_err().to_string();
-        let zero = msg(check_rows("layernorm_fwd_f32", 4, 0, NORM_MAX_ROWS));
-        assert!(
-            zero.starts_with("layernorm_fwd_f32: ") && zero.contains("length 0"),
-            "{zero}"
-        );
-        let huge = msg(check_rows("k", usize::MAX / 2, 3, usize::MAX));
-        assert!(huge.contains("more elements"), "{huge}");
-        let many = msg(check_rows("k", NORM_MAX_ROWS + 1, 1, NORM_MAX_ROWS));
-        assert!(many.contains("more than one launch covers"), "{many}");
-        assert_eq!(check_rows("k", 0, 7, NORM_MAX_ROWS).unwrap(), 0);
-        assert_eq!(check_rows("k", 3, 7, NORM_MAX_ROWS).unwrap(), 21);
-    }
-
-    #[test]
-    fn short_buffers_and_foreign_devices_are_refused() {
-        let arg = |name, bytes, needs, device| Arg {
-            name,
-            bytes,
-            needs,
-            device,
-        };
-        let ok = [arg("x", 64, 64, 1), arg("y", 100, 64, 1)];
-        assert!(check_args("k", &ok).is_ok());
-        let short = [arg("x", 64, 64, 1), arg("weight", 8, 12, 1)];
-        let msg = check_args("rmsnorm_fwd_bf16", &short)
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            msg,
-            "rmsnorm_fwd_bf16: weight holds 8 bytes, the launch needs 12"
-        );
-        let foreign = [arg("x", 64, 64, 1), arg("y", 64, 64, 2)];
-        let msg = check_args("k", &foreign).unwrap_err().to_string();
-        assert!(msg.contains("y lives on another device than x"), "{msg}");
     }
 }

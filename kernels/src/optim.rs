@@ -5,16 +5,17 @@
 //! `_into` form. It uses the elementwise launch configuration (`launch::elementwise_config`,
 //! whose grids `launch.rs` tests).
 
+use crate::check::{bytes_of, check_args, launch_error, Arg};
 use crate::elementwise::ElemType;
 use crate::error::{cuda, Result};
 use crate::gpu::DeviceBuffer;
 use crate::launch::elementwise_config;
-use crate::layout::{bytes_of, check_buffers, launch_error};
 use crate::module::Module;
 use cudarc::driver::PushKernelArg;
 
 /// The hyperparameters of one AdamW step: the same fields as the runtime's
-/// `odeflow_runtime::ops::optim::AdamWStep` (this crate does not depend on the runtime).
+/// `odeflow_runtime::ops::optim::AdamWStep`.
+// A deliberate mirror, not a re-export: the runtime depends on this crate, so it cannot use it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
     pub lr: f32,
@@ -73,13 +74,13 @@ pub fn adamw_update(
     check_step(name, h)?;
     let f32_bytes = bytes_of(name, &[n], 4)?;
     let grad_bytes = bytes_of(name, &[n], grad_ty.size())?;
-    let needs = [
-        ("param", &*param, f32_bytes),
-        ("m", &*m, f32_bytes),
-        ("v", &*v, f32_bytes),
-        ("grad", grad, grad_bytes),
+    let args = [
+        Arg::new("param", param, f32_bytes),
+        Arg::new("m", m, f32_bytes),
+        Arg::new("v", v, f32_bytes),
+        Arg::new("grad", grad, grad_bytes),
     ];
-    check_buffers(name, &needs)?;
+    check_args(name, &args)?;
     let Some(cfg) = elementwise_config(n) else {
         return Ok(());
     };

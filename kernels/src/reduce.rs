@@ -5,10 +5,10 @@
 //! (the tests poison it first). Outputs are overwritten, never accumulated. Both reductions add
 //! in an order fixed by the launch configuration alone, so a rerun gives the same bits.
 
+use crate::check::{bytes_of, check_args, Arg};
 use crate::elementwise::ElemType;
 use crate::error::{cuda, Result};
 use crate::gpu::DeviceBuffer;
-use crate::layout::{bytes_of, check_buffers};
 use crate::module::Module;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
@@ -78,11 +78,11 @@ pub fn sum_fwd_into(
     d: usize,
 ) -> Result<()> {
     let name = sum_kernel(ty);
-    let needs = [
-        ("y", &*y, bytes_of(name, &[rows], 4)?),
-        ("x", x, bytes_of(name, &[rows, d], ty.size())?),
+    let args = [
+        Arg::new("y", y, bytes_of(name, &[rows], 4)?),
+        Arg::new("x", x, bytes_of(name, &[rows, d], ty.size())?),
     ];
-    check_buffers(name, &needs)?;
+    check_args(name, &args)?;
     let Some(cfg) = sum_config(rows) else {
         return Ok(());
     };
@@ -112,11 +112,11 @@ pub fn sum_squares(x: &DeviceBuffer, n: usize) -> Result<DeviceBuffer> {
 ///
 /// Shapes: out [1] (f32, written), x [n] (f32)
 pub fn sum_squares_into(out: &mut DeviceBuffer, x: &DeviceBuffer, n: usize) -> Result<()> {
-    let needs = [
-        ("out", &*out, 4),
-        ("x", x, bytes_of(SUMSQ_KERNEL, &[n], 4)?),
+    let args = [
+        Arg::new("out", out, 4),
+        Arg::new("x", x, bytes_of(SUMSQ_KERNEL, &[n], 4)?),
     ];
-    check_buffers(SUMSQ_KERNEL, &needs)?;
+    check_args(SUMSQ_KERNEL, &args)?;
     let cfg = sumsq_config(n);
     let blocks = cfg.grid_dim.0 as usize;
     let gpu = x.gpu().clone();

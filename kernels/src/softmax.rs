@@ -16,11 +16,12 @@
 //! (u32::MAX), so a target of u32::MAX is then ignored, not reported: no vocabulary has 2^32
 //! entries, and the data loaders never write it.
 
+use crate::check::{check_args, check_rows, Arg};
 use crate::elementwise::ElemType;
 use crate::error::{cuda, Result};
 use crate::gpu::DeviceBuffer;
+use crate::launch::MAX_GRID_X;
 use crate::module::Module;
-use crate::norm::{check_args, check_rows, Arg, MAX_GRID_X};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// The most threads of a block (one block per row): 8 warps, enough loads in flight to
