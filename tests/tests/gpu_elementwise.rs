@@ -7,58 +7,14 @@
 //! vectorised exp and tanh); bf16, one bf16 rounding (2^-8 relative) of the f32 result plus
 //! 1e-6, since the kernel computes in f32 and rounds once on the store.
 
-use half::bf16;
 use odeflow_kernels::elementwise::{self, Activation, Binary, ElemType};
-use odeflow_kernels::launch::{ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS};
-use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::cpu::math::{gelu, gelu_grad};
 use odeflow_runtime::Rng;
-use std::sync::Arc;
+use odeflow_tests::gpu::{device, download, elementwise_sizes, normals, poisoned, upload};
 
-/// Every grid the elementwise launcher can choose, by the element count that produces it.
-fn launch_sizes() -> Vec<usize> {
-    let block = ELEMENTWISE_BLOCK as usize;
-    let capped = block * ELEMENTWISE_MAX_BLOCKS as usize;
-    vec![1, block - 1, block, block + 1, capped + 3]
-}
-
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
+/// 3 N(0, 1) draws from `seed`: wide enough to reach the activations' tails.
 fn inputs(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| 3.0 * rng.normal()).collect()
-}
-
-/// `values` on the device as `ty`, and the values the device actually holds (rounded to bf16).
-fn upload(gpu: &Arc<Gpu>, values: &[f32], ty: ElemType) -> (DeviceBuffer, Vec<f32>) {
-    match ty {
-        ElemType::F32 => (gpu.upload(values).unwrap(), values.to_vec()),
-        ElemType::Bf16 => {
-            let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-            let held = b.iter().map(|v| v.to_f32()).collect();
-            let bits: Vec<u16> = b.iter().map(|v| v.to_bits()).collect();
-            (gpu.upload(&bits).unwrap(), held)
-        }
-    }
-}
-
-fn download(gpu: &Gpu, buf: &DeviceBuffer, ty: ElemType) -> Vec<f32> {
-    match ty {
-        ElemType::F32 => gpu.download::<f32>(buf).unwrap(),
-        ElemType::Bf16 => {
-            let bits = gpu.download::<u16>(buf).unwrap();
-            bits.into_iter()
-                .map(|b| bf16::from_bits(b).to_f32())
-                .collect()
-        }
-    }
-}
-
-/// An output buffer of n NaNs.
-fn poisoned(gpu: &Arc<Gpu>, n: usize, ty: ElemType) -> DeviceBuffer {
-    upload(gpu, &vec![f32::NAN; n], ty).0
+    normals(n, 3.0, &mut Rng::new(seed))
 }
 
 fn assert_close(label: &str, got: &[f32], want: &[f64], ty: ElemType) {
@@ -87,8 +43,8 @@ fn sigmoid(x: f64) -> f64 {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn activations_forward_and_backward_match_the_cpu() {
-    let gpu = gpu();
-    for n in launch_sizes() {
+    let gpu = device();
+    for n in elementwise_sizes() {
         for ty in ElemType::ALL {
             let (x, xs) = upload(&gpu, &inputs(n, 1), ty);
             let (dy, dys) = upload(&gpu, &inputs(n, 2), ty);
@@ -121,8 +77,8 @@ fn activations_forward_and_backward_match_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn binary_and_affine_ops_match_the_cpu() {
-    let gpu = gpu();
-    for n in launch_sizes() {
+    let gpu = device();
+    for n in elementwise_sizes() {
         for ty in ElemType::ALL {
             let (a, av) = upload(&gpu, &inputs(n, 3), ty);
             let (b, bv) = upload(&gpu, &inputs(n, 4), ty);
@@ -160,7 +116,7 @@ fn binary_and_affine_ops_match_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_allocator_reuses_freed_buffers_and_counts_its_peak() {
-    let gpu = gpu();
+    let gpu = device();
     gpu.reset_peak();
     let before = gpu.memory();
     let a = gpu.alloc(1000).unwrap();
@@ -181,7 +137,7 @@ fn the_allocator_reuses_freed_buffers_and_counts_its_peak() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_launch_with_short_buffers_is_refused() {
-    let gpu = gpu();
+    let gpu = device();
     let x = gpu.upload(&[1.0f32; 8]).unwrap();
     let err = elementwise::activation_fwd(Activation::Gelu, ElemType::F32, &x, 9).err();
     let msg = err.expect("9 elements do not fit in 8").to_string();

@@ -17,7 +17,7 @@ use odeflow_kernels::embedding::{self, EMBEDDING_MAX_BLOCKS, EMBEDDING_MAX_THREA
 use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::ops::embedding as cpu;
 use odeflow_runtime::{Rng, Tensor};
-use std::sync::Arc;
+use odeflow_tests::gpu::{device, normals, poisoned, upload_with_tensor};
 
 /// (positions n, vocab V, width D): every configuration `embedding_config` can pick.
 fn launch_shapes() -> Vec<(usize, usize, usize)> {
@@ -32,34 +32,8 @@ fn launch_shapes() -> Vec<(usize, usize, usize)> {
     ]
 }
 
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
-fn normals(n: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..n).map(|_| 3.0 * rng.normal()).collect()
-}
-
 fn ids(n: usize, vocab: usize, rng: &mut Rng) -> Vec<u32> {
     (0..n).map(|_| rng.below(vocab as u64) as u32).collect()
-}
-
-/// `values` as a runtime tensor of `ty` and as the same bits on the device.
-fn upload(gpu: &Arc<Gpu>, values: &[f32], shape: &[usize], ty: ElemType) -> (Tensor, DeviceBuffer) {
-    match ty {
-        ElemType::F32 => (
-            Tensor::from_vec(values.to_vec(), shape).unwrap(),
-            gpu.upload(values).unwrap(),
-        ),
-        ElemType::Bf16 => {
-            let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-            let bits: Vec<u16> = b.iter().map(|v| v.to_bits()).collect();
-            (
-                Tensor::from_vec(b, shape).unwrap(),
-                gpu.upload(&bits).unwrap(),
-            )
-        }
-    }
 }
 
 /// A device buffer as the bits of its elements (f32 or bf16), for exact comparisons.
@@ -90,11 +64,6 @@ fn tensor_bits(t: &Tensor, ty: ElemType) -> Vec<u32> {
             .map(|x| x.to_bits() as u32)
             .collect(),
     }
-}
-
-/// An output buffer of `n` NaNs of `ty`.
-fn poisoned(gpu: &Arc<Gpu>, n: usize, ty: ElemType) -> DeviceBuffer {
-    upload(gpu, &vec![f32::NAN; n], &[n], ty).1
 }
 
 /// The reorder bound of the backward for each element of dweight [V, D], started from `base`:
@@ -131,11 +100,12 @@ fn assert_within(label: &str, got: &[f32], want: &[f32], tol: &[f64]) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_gather_matches_the_cpu_exactly() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(11);
     for (n, vocab, d) in launch_shapes() {
         for ty in ElemType::ALL {
-            let (table, table_d) = upload(&gpu, &normals(vocab * d, &mut rng), &[vocab, d], ty);
+            let (table, table_d) =
+                upload_with_tensor(&gpu, &normals(vocab * d, 3.0, &mut rng), &[vocab, d], ty);
             let idx = ids(n, vocab, &mut rng);
             let ids_t = Tensor::from_vec(idx.clone(), &[n]).unwrap();
             let ids_d = gpu.upload(&idx).unwrap();
@@ -155,11 +125,12 @@ fn the_gather_matches_the_cpu_exactly() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_scatter_add_matches_the_cpu_and_accumulates() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(12);
     for (n, vocab, d) in launch_shapes() {
         for ty in ElemType::ALL {
-            let (dout, dout_d) = upload(&gpu, &normals(n * d, &mut rng), &[n, d], ty);
+            let (dout, dout_d) =
+                upload_with_tensor(&gpu, &normals(n * d, 3.0, &mut rng), &[n, d], ty);
             let idx = ids(n, vocab, &mut rng);
             let ids_t = Tensor::from_vec(idx.clone(), &[n]).unwrap();
             let ids_d = gpu.upload(&idx).unwrap();
@@ -191,10 +162,10 @@ fn the_scatter_add_matches_the_cpu_and_accumulates() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn out_of_range_ids_are_skipped() {
-    let gpu = gpu();
+    let gpu = device();
     let (vocab, d) = (4, 40);
     let mut rng = Rng::new(13);
-    let table: Vec<f32> = normals(vocab * d, &mut rng);
+    let table: Vec<f32> = normals(vocab * d, 3.0, &mut rng);
     let table_d = gpu.upload(&table).unwrap();
     // positions 1 and 3 hold ids past the table
     let idx = vec![2u32, vocab as u32, 0, u32::MAX, 3];
@@ -225,7 +196,7 @@ fn out_of_range_ids_are_skipped() {
         );
     }
     // the backward adds exactly the good positions' rows
-    let dout = normals(n * d, &mut rng);
+    let dout = normals(n * d, 3.0, &mut rng);
     let dout_d = gpu.upload(&dout).unwrap();
     let dw = embedding::embedding_bwd(ElemType::F32, &dout_d, &ids_d, n, vocab, d).unwrap();
     let good_rows: Vec<f32> = good

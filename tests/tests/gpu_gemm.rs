@@ -18,12 +18,12 @@
 //!         the tensor cores' internal order of summation is not specified, only its f32 result),
 //!         plus 2^-8 |want| when C is bf16: one rounding on the store.
 
-use half::bf16;
 use odeflow_kernels::elementwise::ElemType;
 use odeflow_kernels::gemm::{self, GemmKernel, GemmShape};
 use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::reference::{self, Array64};
 use odeflow_runtime::{Rng, Tensor};
+use odeflow_tests::gpu::{device, download, held, normals, upload};
 use std::sync::Arc;
 
 /// The sizes each of M, N and K takes: 1, around the tiles (8, 32, 128), and several tiles.
@@ -41,48 +41,6 @@ fn shapes() -> Vec<(usize, usize, usize)> {
         .collect();
     out.extend([(256, 256, 64), (300, 300, 300)]);
     out
-}
-
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
-fn normals(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| rng.normal()).collect()
-}
-
-/// The values as the device will hold them (rounded to bf16 for a bf16 buffer).
-fn held(values: Vec<f32>, ty: ElemType) -> Vec<f32> {
-    match ty {
-        ElemType::F32 => values,
-        ElemType::Bf16 => values.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
-    }
-}
-
-fn upload(gpu: &Arc<Gpu>, values: &[f32], ty: ElemType) -> DeviceBuffer {
-    match ty {
-        ElemType::F32 => gpu.upload(values).unwrap(),
-        ElemType::Bf16 => {
-            let bits: Vec<u16> = values
-                .iter()
-                .map(|&v| bf16::from_f32(v).to_bits())
-                .collect();
-            gpu.upload(&bits).unwrap()
-        }
-    }
-}
-
-fn download(gpu: &Gpu, buf: &DeviceBuffer, ty: ElemType) -> Vec<f32> {
-    match ty {
-        ElemType::F32 => gpu.download::<f32>(buf).unwrap(),
-        ElemType::Bf16 => {
-            let bits = gpu.download::<u16>(buf).unwrap();
-            bits.into_iter()
-                .map(|b| bf16::from_bits(b).to_f32())
-                .collect()
-        }
-    }
 }
 
 /// A batch of [rows, cols] matrices stored transposed ([cols, rows] each), by the runtime's
@@ -129,8 +87,9 @@ impl Problem {
         let batch_of = |stride: usize| if stride == 0 { 1 } else { shape.batch };
         let (a_batch, b_batch) = (batch_of(shape.stride_a), batch_of(shape.stride_b));
         let (a_shape, b_shape) = ([a_batch, m, k], [b_batch, k, n]);
-        let a = held(normals(a_shape.iter().product(), seed), input);
-        let b = held(normals(b_shape.iter().product(), seed + 1), input);
+        let (a_len, b_len) = (a_shape.iter().product(), b_shape.iter().product());
+        let a = held(&normals(a_len, 1.0, &mut Rng::new(seed)), input);
+        let b = held(&normals(b_len, 1.0, &mut Rng::new(seed + 1)), input);
         let product = match input {
             ElemType::F32 => cpu_matmul(&a, a_shape, &b, b_shape)
                 .into_iter()
@@ -163,7 +122,7 @@ impl Problem {
             false => self.b.clone(),
             true => transposed(&self.b, self.b_batch, k, n),
         };
-        (upload(gpu, &a, self.input), upload(gpu, &b, self.input))
+        (upload(gpu, &a, self.input).0, upload(gpu, &b, self.input).0)
     }
 
     /// Launches `kernel` at every transpose combination and compares with the CPU.
@@ -174,12 +133,12 @@ impl Problem {
         let c0 = if beta == 0.0 {
             vec![f32::NAN; len]
         } else {
-            held(normals(len, seed), out)
+            held(&normals(len, 1.0, &mut Rng::new(seed)), out)
         };
         for (trans_a, trans_b) in TRANSPOSES {
             let shape = self.shape.transposed(trans_a, trans_b);
             let (a, b) = self.upload(gpu, &shape);
-            let mut c = upload(gpu, &c0, out);
+            let mut c = upload(gpu, &c0, out).0;
             gemm::gemm_into(&mut c, kernel, &a, &b, alpha, beta, &shape).unwrap();
             let got = download(gpu, &c, out);
             let label = format!("{kernel:?} alpha={alpha} beta={beta} {shape:?}");
@@ -227,7 +186,7 @@ fn kernels_for(input: ElemType) -> Vec<GemmKernel> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn every_kernel_matches_the_cpu_at_every_shape_and_transpose() {
-    let gpu = gpu();
+    let gpu = device();
     for (i, (m, n, k)) in shapes().into_iter().enumerate() {
         for input in ElemType::ALL {
             let problem = Problem::new(GemmShape::new(m, n, k), input, 10 * i as u64);
@@ -241,7 +200,7 @@ fn every_kernel_matches_the_cpu_at_every_shape_and_transpose() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn batches_broadcast_a_shared_operand_and_scale_by_alpha_and_beta() {
-    let gpu = gpu();
+    let gpu = device();
     let batch = 3;
     for (m, n, k) in [(129, 65, 300), (17, 300, 64), (128, 1, 127)] {
         let dense = GemmShape::batched(batch, m, n, k);
@@ -268,7 +227,7 @@ fn batches_broadcast_a_shared_operand_and_scale_by_alpha_and_beta() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn with_k_zero_c_becomes_beta_c() {
-    let gpu = gpu();
+    let gpu = device();
     for input in ElemType::ALL {
         let problem = Problem::new(GemmShape::batched(2, 17, 129, 0), input, 200);
         for kernel in kernels_for(input) {
@@ -281,7 +240,7 @@ fn with_k_zero_c_becomes_beta_c() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn an_empty_output_launches_nothing_and_short_buffers_are_refused() {
-    let gpu = gpu();
+    let gpu = device();
     let a = gpu.upload(&[1.0f32; 12]).unwrap();
     let b = gpu.upload(&[1.0f32; 12]).unwrap();
     let mut c = gpu.upload(&[f32::NAN; 4]).unwrap();

@@ -15,22 +15,9 @@
 
 use half::bf16;
 use odeflow_kernels::elementwise::ElemType;
-use odeflow_kernels::launch::{ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS};
 use odeflow_kernels::layout::{self, Cast};
-use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::{DType, Element, Rng, Tensor};
-use std::sync::Arc;
-
-/// Every grid the elementwise launcher can choose, by the element count that produces it.
-fn launch_sizes() -> Vec<usize> {
-    let block = ELEMENTWISE_BLOCK as usize;
-    let capped = block * ELEMENTWISE_MAX_BLOCKS as usize;
-    vec![1, block - 1, block, block + 1, capped + 3]
-}
-
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
+use odeflow_tests::gpu::{device, elementwise_sizes, poisoned};
 
 /// The f32 values whose rounding to bf16 is easy to get wrong.
 fn hard_cases() -> Vec<f32> {
@@ -81,13 +68,6 @@ fn f32_bits(t: &Tensor) -> Vec<u32> {
         .collect()
 }
 
-fn poisoned(gpu: &Arc<Gpu>, n: usize, ty: ElemType) -> DeviceBuffer {
-    match ty {
-        ElemType::F32 => gpu.upload(&vec![f32::NAN; n]).unwrap(),
-        ElemType::Bf16 => gpu.upload(&vec![bf16::NAN.to_bits(); n]).unwrap(),
-    }
-}
-
 fn is_bf16_nan(bits: u16) -> bool {
     bits & 0x7FFF > 0x7F80
 }
@@ -95,9 +75,9 @@ fn is_bf16_nan(bits: u16) -> bool {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_cast_to_bf16_rounds_like_half() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(21);
-    for n in launch_sizes() {
+    for n in elementwise_sizes() {
         let xs = cast_inputs(n, &mut rng);
         let x = gpu.upload(&xs).unwrap();
         let mut y = poisoned(&gpu, n, ElemType::Bf16);
@@ -119,8 +99,8 @@ fn the_cast_to_bf16_rounds_like_half() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_cast_to_f32_is_exact_on_every_bf16() {
-    let gpu = gpu();
-    let mut sizes = launch_sizes();
+    let gpu = device();
+    let mut sizes = elementwise_sizes();
     sizes.push(1 << 16);
     for n in sizes {
         // every bit pattern, repeated to fill n
@@ -168,7 +148,7 @@ fn cpu_transpose<T: Element>(values: Vec<T>, shape: [usize; 3]) -> Tensor {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn transposes_match_the_cpu_bit_for_bit() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(22);
     for (b, r, c) in transpose_shapes() {
         let n = b * r * c;
@@ -202,7 +182,7 @@ fn transposes_match_the_cpu_bit_for_bit() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_allocating_forms_agree_with_the_into_forms() {
-    let gpu = gpu();
+    let gpu = device();
     let xs: Vec<f32> = (0..6).map(|i| i as f32 * 0.3).collect();
     let x = gpu.upload(&xs).unwrap();
     let y = layout::transpose_fwd(ElemType::F32, &x, 1, 2, 3).unwrap();

@@ -21,12 +21,14 @@
 //! f32 from the same inputs); and 2^-8 for bf16 outputs (one rounding to bf16, 2^-9, plus a
 //! possible flip to the neighbouring bf16 value where the f32 results straddle a tie).
 
-use half::bf16;
 use odeflow_kernels::elementwise::ElemType;
 use odeflow_kernels::norm::{self, DPARAMS_MAX_CHUNKS, DPARAMS_MIN_ROWS_PER_CHUNK};
 use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::ops::norm as cpu_norm;
 use odeflow_runtime::{Rng, Tensor};
+use odeflow_tests::gpu::{
+    assert_close, cpu, device, download, max_abs, normals, poisoned, rel, upload, values, F32_REL,
+};
 use std::sync::Arc;
 
 const EPS: f32 = 1e-5;
@@ -46,78 +48,10 @@ fn shapes() -> Vec<(usize, usize)> {
     ]
 }
 
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
-fn normals(n: usize, seed: u64, mean: f32, std: f32) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| mean + std * rng.normal()).collect()
-}
-
-/// `values` on the device as `ty`, and the values the device actually holds (rounded to bf16).
-fn upload(gpu: &Arc<Gpu>, values: &[f32], ty: ElemType) -> (DeviceBuffer, Vec<f32>) {
-    match ty {
-        ElemType::F32 => (gpu.upload(values).unwrap(), values.to_vec()),
-        ElemType::Bf16 => {
-            let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-            let held = b.iter().map(|v| v.to_f32()).collect();
-            let bits: Vec<u16> = b.iter().map(|v| v.to_bits()).collect();
-            (gpu.upload(&bits).unwrap(), held)
-        }
-    }
-}
-
-fn download(gpu: &Gpu, buf: &DeviceBuffer, ty: ElemType) -> Vec<f32> {
-    match ty {
-        ElemType::F32 => gpu.download::<f32>(buf).unwrap(),
-        ElemType::Bf16 => {
-            let bits = gpu.download::<u16>(buf).unwrap();
-            bits.into_iter()
-                .map(|b| bf16::from_bits(b).to_f32())
-                .collect()
-        }
-    }
-}
-
-/// An output buffer of n NaNs.
-fn poisoned(gpu: &Arc<Gpu>, n: usize, ty: ElemType) -> DeviceBuffer {
-    upload(gpu, &vec![f32::NAN; n], ty).0
-}
-
-/// An f32 CPU tensor.
-fn cpu(values: &[f32], shape: &[usize]) -> Tensor {
-    Tensor::from_vec(values.to_vec(), shape).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_vec::<f32>().unwrap()
-}
-
-fn rel(ty: ElemType) -> f64 {
-    match ty {
-        ElemType::F32 => 64.0 * f32::EPSILON as f64,
-        ElemType::Bf16 => 1.0 / 256.0,
-    }
-}
-
-const F32_REL: f64 = 64.0 * f32::EPSILON as f64;
-
-fn max_abs(xs: &[f32]) -> f64 {
-    xs.iter().fold(0.0, |m, &x| m.max(x.abs() as f64))
-}
-
-/// |got - want| <= rel (|want| + floor), element by element.
-fn assert_close(label: &str, got: &[f32], want: &[f32], rel: f64, floor: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let tol = rel * (w.abs() as f64 + floor);
-        assert!(
-            (g as f64 - w as f64).abs() <= tol,
-            "{label}: element {i} of {}: got {g}, want {w} (tolerance {tol:e})",
-            got.len()
-        );
-    }
+/// n draws of N(mean, std^2) from `seed`.
+fn around(n: usize, seed: u64, mean: f32, std: f32) -> Vec<f32> {
+    let draws = normals(n, std, &mut Rng::new(seed));
+    draws.into_iter().map(|x| mean + x).collect()
 }
 
 /// The inputs of one case: x, dy [rows, D], weight, bias [D], on the device and as held.
@@ -139,10 +73,10 @@ impl Case {
             rows,
             d,
             ty,
-            x: upload(gpu, &normals(n, 1, 0.5, 3.0), ty),
-            dy: upload(gpu, &normals(n, 2, 0.0, 1.0), ty),
-            weight: upload(gpu, &normals(d, 3, 1.0, 0.2), ty),
-            bias: upload(gpu, &normals(d, 4, 0.0, 0.2), ty),
+            x: upload(gpu, &around(n, 1, 0.5, 3.0), ty),
+            dy: upload(gpu, &around(n, 2, 0.0, 1.0), ty),
+            weight: upload(gpu, &around(d, 3, 1.0, 0.2), ty),
+            bias: upload(gpu, &around(d, 4, 0.0, 0.2), ty),
         }
     }
 
@@ -178,7 +112,7 @@ impl Case {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn layer_norm_forward_matches_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     for (rows, d) in shapes() {
         for ty in ElemType::ALL {
             let c = Case::new(&gpu, rows, d, ty);
@@ -211,7 +145,7 @@ fn layer_norm_forward_matches_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn rms_norm_forward_matches_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     for (rows, d) in shapes() {
         for ty in ElemType::ALL {
             let c = Case::new(&gpu, rows, d, ty);
@@ -260,7 +194,7 @@ fn assert_grad(
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn layer_norm_backward_matches_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     for (rows, d) in shapes() {
         for ty in ElemType::ALL {
             let c = Case::new(&gpu, rows, d, ty);
@@ -306,7 +240,7 @@ fn layer_norm_backward_matches_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn rms_norm_backward_matches_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     for (rows, d) in shapes() {
         for ty in ElemType::ALL {
             let c = Case::new(&gpu, rows, d, ty);
@@ -344,7 +278,7 @@ fn rms_norm_backward_matches_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_allocating_forms_return_what_the_into_forms_write() {
-    let gpu = gpu();
+    let gpu = device();
     let c = Case::new(&gpu, 5, 33, ElemType::F32);
     let (w, b) = (Some(&c.weight.0), Some(&c.bias.0));
     let (y, mean, rstd) = norm::layer_norm_fwd(c.ty, &c.x.0, w, b, 5, 33, EPS).unwrap();
@@ -402,7 +336,7 @@ fn the_allocating_forms_return_what_the_into_forms_write() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_launch_with_short_buffers_is_refused() {
-    let gpu = gpu();
+    let gpu = device();
     let x = gpu.upload(&[1.0f32; 8]).unwrap();
     let w = gpu.upload(&[1.0f32; 3]).unwrap();
     // a weight of 3 for rows of 4

@@ -11,31 +11,13 @@
 //! the CPU's order with no FMA contraction and the same f32 bias corrections, so it should be
 //! bit-identical; the few ulps leave room for nothing else.
 
-use half::bf16;
 use odeflow_kernels::elementwise::ElemType;
-use odeflow_kernels::launch::{ELEMENTWISE_BLOCK, ELEMENTWISE_MAX_BLOCKS};
 use odeflow_kernels::optim::{self, AdamWStep};
-use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::ops::optim as cpu;
 use odeflow_runtime::{Rng, Tensor};
-use std::sync::Arc;
+use odeflow_tests::gpu::{device, elementwise_sizes, normals, upload_with_tensor};
 
 const ULPS: u32 = 4;
-
-/// Every grid the elementwise launcher can choose, by the element count that produces it.
-fn launch_sizes() -> Vec<usize> {
-    let block = ELEMENTWISE_BLOCK as usize;
-    let capped = block * ELEMENTWISE_MAX_BLOCKS as usize;
-    vec![1, block - 1, block, block + 1, capped + 3]
-}
-
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
-fn normals(n: usize, scale: f32, rng: &mut Rng) -> Vec<f32> {
-    (0..n).map(|_| scale * rng.normal()).collect()
-}
 
 /// The distance between two f32s in units in the last place (0 when equal, both NaN excluded).
 fn ulps(a: f32, b: f32) -> u32 {
@@ -104,31 +86,12 @@ fn steps() -> Vec<AdamWStep> {
     ]
 }
 
-/// The gradient as a runtime tensor and as the bits the device gets, for either dtype.
-fn gradient(gpu: &Arc<Gpu>, g: &[f32], ty: ElemType) -> (Tensor, DeviceBuffer) {
-    let n = g.len();
-    match ty {
-        ElemType::F32 => (
-            Tensor::from_vec(g.to_vec(), &[n]).unwrap(),
-            gpu.upload(g).unwrap(),
-        ),
-        ElemType::Bf16 => {
-            let b: Vec<bf16> = g.iter().map(|&x| bf16::from_f32(x)).collect();
-            let bits: Vec<u16> = b.iter().map(|x| x.to_bits()).collect();
-            (
-                Tensor::from_vec(b, &[n]).unwrap(),
-                gpu.upload(&bits).unwrap(),
-            )
-        }
-    }
-}
-
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn adamw_matches_the_cpu_update() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(7);
-    for n in launch_sizes() {
+    for n in elementwise_sizes() {
         for ty in ElemType::ALL {
             // a state from earlier steps: m of either sign, v positive
             let mut p = normals(n, 1.0, &mut rng);
@@ -137,7 +100,7 @@ fn adamw_matches_the_cpu_update() {
             for h in steps() {
                 let label = format!("{ty:?} grad, n={n}, step {}", h.step);
                 let g = normals(n, 2.0, &mut rng);
-                let (g_cpu, g_gpu) = gradient(&gpu, &g, ty);
+                let (g_cpu, g_gpu) = upload_with_tensor(&gpu, &g, &[n], ty);
                 // the device starts from the CPU's state, so each step is compared on its own
                 let (mut pd, mut md, mut vd) = (
                     gpu.upload(&p).unwrap(),
@@ -164,7 +127,7 @@ fn adamw_matches_the_cpu_update() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn adamw_refuses_short_buffers_and_step_zero() {
-    let gpu = gpu();
+    let gpu = device();
     let h = steps()[0];
     let (mut p, mut m, mut v) = (
         gpu.upload(&[0.0f32; 8]).unwrap(),

@@ -15,39 +15,12 @@
 //! with the chain = the elements one thread adds, plus 5 + 3 (warp, block) and 4 + 5 + 3 in
 //! the second pass, plus one rounding of the square; against the f64 reference.
 
-use half::bf16;
 use odeflow_kernels::elementwise::ElemType;
 use odeflow_kernels::reduce::{self, REDUCE_BLOCK, REDUCE_MAX_BLOCKS};
-use odeflow_kernels::{DeviceBuffer, Gpu};
 use odeflow_runtime::ops::optim::sum_squares;
 use odeflow_runtime::ops::reduce::{reduce_fwd, ReduceOp};
 use odeflow_runtime::{Rng, Tensor};
-use std::sync::Arc;
-
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
-fn normals(n: usize, rng: &mut Rng) -> Vec<f32> {
-    (0..n).map(|_| 3.0 * rng.normal()).collect()
-}
-
-/// `values` on the device as `ty`, and the f32 values the device actually holds.
-fn upload(gpu: &Arc<Gpu>, values: &[f32], ty: ElemType) -> (DeviceBuffer, Vec<f32>) {
-    match ty {
-        ElemType::F32 => (gpu.upload(values).unwrap(), values.to_vec()),
-        ElemType::Bf16 => {
-            let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-            let held = b.iter().map(|v| v.to_f32()).collect();
-            let bits: Vec<u16> = b.iter().map(|v| v.to_bits()).collect();
-            (gpu.upload(&bits).unwrap(), held)
-        }
-    }
-}
-
-fn poisoned(gpu: &Arc<Gpu>, n: usize) -> DeviceBuffer {
-    gpu.upload(&vec![f32::NAN; n]).unwrap()
-}
+use odeflow_tests::gpu::{device, normals, poisoned, upload};
 
 /// (rows, D): every configuration `sum_config` can pick, and rows that loop or are empty.
 fn sum_shapes() -> Vec<(usize, usize)> {
@@ -68,13 +41,13 @@ fn sum_shapes() -> Vec<(usize, usize)> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_row_sum_matches_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(31);
     for (rows, d) in sum_shapes() {
         for ty in ElemType::ALL {
-            let (x, held) = upload(&gpu, &normals(rows * d, &mut rng), ty);
+            let (x, held) = upload(&gpu, &normals(rows * d, 3.0, &mut rng), ty);
             let label = format!("{ty:?} [{rows}, {d}]");
-            let mut y = poisoned(&gpu, rows);
+            let mut y = poisoned(&gpu, rows, ElemType::F32);
             reduce::sum_fwd_into(&mut y, ty, &x, rows, d).unwrap();
             let got = gpu.download::<f32>(&y).unwrap();
             // the CPU sums the same f32 values the device holds
@@ -95,7 +68,7 @@ fn the_row_sum_matches_the_cpu() {
                 );
             }
             // the same bits on a second run
-            let mut again = poisoned(&gpu, rows);
+            let mut again = poisoned(&gpu, rows, ElemType::F32);
             reduce::sum_fwd_into(&mut again, ty, &x, rows, d).unwrap();
             assert_eq!(
                 gpu.download::<u32>(&again).unwrap(),
@@ -108,7 +81,7 @@ fn the_row_sum_matches_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn the_sum_of_squares_matches_the_f64_reference() {
-    let gpu = gpu();
+    let gpu = device();
     let mut rng = Rng::new(32);
     let block = REDUCE_BLOCK as usize;
     let one_pass = block * REDUCE_MAX_BLOCKS as usize;
@@ -122,9 +95,9 @@ fn the_sum_of_squares_matches_the_f64_reference() {
         one_pass + 3,
         3 * one_pass + 7,
     ] {
-        let xs = normals(n, &mut rng);
+        let xs = normals(n, 3.0, &mut rng);
         let x = gpu.upload(&xs).unwrap();
-        let mut out = poisoned(&gpu, 1);
+        let mut out = poisoned(&gpu, 1, ElemType::F32);
         reduce::sum_squares_into(&mut out, &x, n).unwrap();
         let got = gpu.download::<f32>(&out).unwrap()[0] as f64;
         let want = sum_squares(&Tensor::from_vec(xs, &[n]).unwrap()).unwrap();
@@ -145,7 +118,7 @@ fn the_sum_of_squares_matches_the_f64_reference() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_sum_with_a_short_input_is_refused() {
-    let gpu = gpu();
+    let gpu = device();
     let x = gpu.upload(&[1.0f32; 12]).unwrap();
     let msg = reduce::sum_fwd(ElemType::F32, &x, 4, 4)
         .err()

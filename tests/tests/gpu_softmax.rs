@@ -19,12 +19,14 @@
 //! softmax backward (y (dy - sum dy y)), max |lse| for the loss terms (lse - z), and |scale|
 //! for dlogits (scale (p - 1) at the target).
 
-use half::bf16;
 use odeflow_kernels::elementwise::ElemType;
 use odeflow_kernels::softmax::{self, SOFTMAX_MAX_THREADS};
-use odeflow_kernels::{DeviceBuffer, Gpu};
+use odeflow_kernels::Gpu;
 use odeflow_runtime::ops::{loss as cpu_loss, softmax as cpu_softmax};
 use odeflow_runtime::{Rng, Tensor};
+use odeflow_tests::gpu::{
+    assert_close, cpu, device, download, max_abs, normals, poisoned, rel, upload, values, F32_REL,
+};
 use std::sync::Arc;
 
 /// Row lengths that cover every block size (see the module doc).
@@ -33,86 +35,10 @@ fn row_lengths() -> Vec<usize> {
     vec![1, 31, 32, 33, max - 1, max, max + 1, 1000, 50257]
 }
 
-fn gpu() -> Arc<Gpu> {
-    Gpu::new(0).expect("a CUDA device")
-}
-
-fn normals(n: usize, seed: u64, std: f32) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
-    (0..n).map(|_| std * rng.normal()).collect()
-}
-
-/// `values` on the device as `ty`, and the values the device actually holds (rounded to bf16).
-fn upload(gpu: &Arc<Gpu>, values: &[f32], ty: ElemType) -> (DeviceBuffer, Vec<f32>) {
-    match ty {
-        ElemType::F32 => (gpu.upload(values).unwrap(), values.to_vec()),
-        ElemType::Bf16 => {
-            let b: Vec<bf16> = values.iter().map(|&v| bf16::from_f32(v)).collect();
-            let held = b.iter().map(|v| v.to_f32()).collect();
-            let bits: Vec<u16> = b.iter().map(|v| v.to_bits()).collect();
-            (gpu.upload(&bits).unwrap(), held)
-        }
-    }
-}
-
-fn download(gpu: &Gpu, buf: &DeviceBuffer, ty: ElemType) -> Vec<f32> {
-    match ty {
-        ElemType::F32 => gpu.download::<f32>(buf).unwrap(),
-        ElemType::Bf16 => {
-            let bits = gpu.download::<u16>(buf).unwrap();
-            bits.into_iter()
-                .map(|b| bf16::from_bits(b).to_f32())
-                .collect()
-        }
-    }
-}
-
-/// An output buffer of n NaNs.
-fn poisoned(gpu: &Arc<Gpu>, n: usize, ty: ElemType) -> DeviceBuffer {
-    upload(gpu, &vec![f32::NAN; n], ty).0
-}
-
-fn cpu(values: &[f32], shape: &[usize]) -> Tensor {
-    Tensor::from_vec(values.to_vec(), shape).unwrap()
-}
-
-fn values(t: &Tensor) -> Vec<f32> {
-    t.to_vec::<f32>().unwrap()
-}
-
-fn rel(ty: ElemType) -> f64 {
-    match ty {
-        ElemType::F32 => F32_REL,
-        ElemType::Bf16 => 1.0 / 256.0,
-    }
-}
-
-const F32_REL: f64 = 64.0 * f32::EPSILON as f64;
-
-fn max_abs(xs: &[f32]) -> f64 {
-    xs.iter().fold(0.0, |m, &x| m.max(x.abs() as f64))
-}
-
-/// |got - want| <= rel (|want| + floor), element by element; equal infinities match.
-fn assert_close(label: &str, got: &[f32], want: &[f32], rel: f64, floor: f64) {
-    assert_eq!(got.len(), want.len(), "{label}: length");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if w.is_infinite() && g == w {
-            continue;
-        }
-        let tol = rel * (w.abs() as f64 + floor);
-        assert!(
-            (g as f64 - w as f64).abs() <= tol,
-            "{label}: element {i} of {}: got {g}, want {w} (tolerance {tol:e})",
-            got.len()
-        );
-    }
-}
-
 /// Logits with a masked entry in the first row and, with more than one row, an all -inf last
 /// row (the conventions' cases).
 fn masked_logits(rows: usize, n: usize, seed: u64) -> Vec<f32> {
-    let mut x = normals(rows * n, seed, 3.0);
+    let mut x = normals(rows * n, 3.0, &mut Rng::new(seed));
     if n > 1 {
         x[n / 2] = f32::NEG_INFINITY;
     }
@@ -125,7 +51,7 @@ fn masked_logits(rows: usize, n: usize, seed: u64) -> Vec<f32> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn softmax_forward_and_backward_match_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     for n in row_lengths() {
         for rows in [1, 3] {
             for ty in ElemType::ALL {
@@ -141,7 +67,7 @@ fn softmax_forward_and_backward_match_the_cpu() {
                 }
                 // the backward from the CPU's y (as the device holds it)
                 let (yb, ys) = upload(&gpu, &want, ty);
-                let (dy, dys) = upload(&gpu, &normals(rows * n, 2, 1.0), ty);
+                let (dy, dys) = upload(&gpu, &normals(rows * n, 1.0, &mut Rng::new(2)), ty);
                 let (dyc, yc) = (cpu(&dys, &[rows, n]), cpu(&ys, &[rows, n]));
                 let want = values(&cpu_softmax::softmax_bwd(&dyc, &yc).unwrap());
                 let mut dx = poisoned(&gpu, rows * n, ty);
@@ -167,7 +93,7 @@ fn targets(rows: usize, v: usize, ignore: Option<u32>, seed: u64) -> Vec<u32> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cross_entropy_forward_and_backward_match_the_cpu() {
-    let gpu = gpu();
+    let gpu = device();
     for v in row_lengths() {
         for (rows, ignore) in [(1, None), (5, Some(7u32)), (4, Some(u32::MAX))] {
             for ty in ElemType::ALL {
@@ -186,7 +112,7 @@ fn check_cross_entropy(
     v: usize,
     ignore: Option<u32>,
 ) {
-    let (z, zs) = upload(gpu, &normals(rows * v, 3, 3.0), ty);
+    let (z, zs) = upload(gpu, &normals(rows * v, 3.0, &mut Rng::new(3)), ty);
     let t = targets(rows, v, ignore, 4);
     let tg = gpu.upload(&t).unwrap();
     let (zc, tc) = (
@@ -238,9 +164,11 @@ fn check_cross_entropy(
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn every_target_ignored_gives_zero_loss_and_gradient() {
-    let gpu = gpu();
+    let gpu = device();
     let (rows, v) = (3, 40);
-    let z = gpu.upload(&normals(rows * v, 5, 1.0)).unwrap();
+    let z = gpu
+        .upload(&normals(rows * v, 1.0, &mut Rng::new(5)))
+        .unwrap();
     let t = gpu.upload(&[9u32; 3]).unwrap();
     let ty = ElemType::F32;
     let (loss, lse) = softmax::cross_entropy_fwd(ty, &z, &t, Some(9), rows, v).unwrap();
@@ -255,9 +183,9 @@ fn every_target_ignored_gives_zero_loss_and_gradient() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn an_out_of_range_target_gives_nan_where_the_cpu_gives_an_error() {
-    let gpu = gpu();
+    let gpu = device();
     let (rows, v) = (2, 10);
-    let logits = normals(rows * v, 6, 1.0);
+    let logits = normals(rows * v, 1.0, &mut Rng::new(6));
     let t = [3u32, 12];
     let (zc, tc) = (
         cpu(&logits, &[rows, v]),
@@ -277,7 +205,7 @@ fn an_out_of_range_target_gives_nan_where_the_cpu_gives_an_error() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_launch_with_short_buffers_is_refused() {
-    let gpu = gpu();
+    let gpu = device();
     let z = gpu.upload(&[0.0f32; 20]).unwrap();
     let t = gpu.upload(&[0u32; 1]).unwrap();
     // two rows of 10 logits, but one target
