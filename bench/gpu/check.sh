@@ -29,30 +29,38 @@ done
 cat "$OUT"/test-*.log > "$OUT/tests.log"
 rm -f "$OUT"/test-*.log
 
-# kernel benches, then PyTorch's side of them
-"$bin/gpu_elementwise" --json "$OUT/ours.json" > "$OUT/bench.log" 2>&1
-python3 bench/peers/torch_elementwise.py --json "$OUT/torch.json" > "$OUT/torch.log" 2>&1
+# kernel benches, then PyTorch's side of them (same shapes, same device)
+"$bin/gpu_elementwise" --json "$OUT/ours_elementwise.json" > "$OUT/bench.log" 2>&1
+"$bin/gpu_kernels" --json "$OUT/ours_kernels.json" >> "$OUT/bench.log" 2>&1
+python3 bench/peers/torch_elementwise.py --json "$OUT/torch_elementwise.json" > "$OUT/torch.log" 2>&1
+python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" >> "$OUT/torch.log" 2>&1
 
-echo "## $(cat "$OUT/gpu.txt" | tail -1)"
+echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
 echo "| tests | exit | result |"
 echo "|---|---|---|"
 printf '%s\n' "${summary[@]}"
 echo
-cat "$OUT/bench.log"
+grep -h "FAILED\|panicked" "$OUT/tests.log" | head -20
 echo
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-try:
-    ours = {r["op"]: r for r in json.load(open(os.path.join(out, "ours.json")))}
-    torch = {r["op"]: r for r in json.load(open(os.path.join(out, "torch.json")))}
-except Exception as e:
-    print(f"no side-by-side table: {e}")
-    sys.exit(0)
-print("| op | odeflow GB/s | torch GB/s | odeflow / torch |")
-print("|---|---:|---:|---:|")
-for op, r in ours.items():
-    if op in torch:
-        print(f"| {op} | {r['gb_s']:.0f} | {torch[op]['gb_s']:.0f} | {r['gb_s'] / torch[op]['gb_s']:.2f} |")
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name)))
+    except Exception as e:
+        print(f"({name}: {e})")
+        return []
+ours = load("ours_elementwise.json") + load("ours_kernels.json")
+torch = {r["op"]: r for r in load("torch_elementwise.json") + load("torch_kernels.json")}
+copy = next((r["rate"] for r in ours if r["op"].startswith("copy")), None)
+print("| op | odeflow | torch | odeflow / torch | odeflow / copy |")
+print("|---|---:|---:|---:|---:|")
+for r in ours:
+    t = torch.get(r["op"])
+    vs_torch = f"{r['rate'] / t['rate']:.2f}" if t else ""
+    vs_copy = f"{r['rate'] / copy:.2f}" if copy and r["unit"] == "GB/s" else ""
+    theirs = f"{t['rate']:.1f}" if t else ""
+    print(f"| {r['op']} | {r['rate']:.1f} {r['unit']} | {theirs} | {vs_torch} | {vs_copy} |")
 PY

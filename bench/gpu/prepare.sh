@@ -11,7 +11,7 @@ out=bench/gpu/bin
 rm -rf "$out" && mkdir -p "$out"
 
 # test executables, by target name (cargo prints their paths as JSON)
-cargo test --release -p odeflow-kernels -p odeflow-tests --no-run --message-format=json 2>/dev/null \
+cargo test --release -p odeflow-runtime -p odeflow-kernels -p odeflow-tests --no-run --message-format=json 2>/dev/null \
     | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -21,8 +21,8 @@ for line in sys.stdin:
         kind = "lib" if "lib" in m["target"]["kind"] else "test"
         shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
-cargo build --release -p odeflow-bench --bin gpu_elementwise
-cp target/release/gpu_elementwise "$out/"
+cargo build --release -p odeflow-bench --bin gpu_elementwise --bin gpu_kernels
+cp target/release/gpu_elementwise target/release/gpu_kernels "$out/"
 strip --strip-debug "$out"/* 2>/dev/null || true
 ls -la "$out"
 du -sh "$out"

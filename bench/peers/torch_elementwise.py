@@ -38,7 +38,7 @@ def main():
     rows = []
 
     def add(label, nbytes, t):
-        rows.append({"op": label, "seconds": t, "gb_s": nbytes / t / 1e9})
+        rows.append({"op": label, "seconds": t, "rate": nbytes / t / 1e9, "unit": "GB/s"})
 
     add("copy f32 (device to device)", 2 * N * 4, timed(args.reps, lambda: x32.clone()))
     add("gelu_fwd_f32", 2 * N * 4, timed(args.reps, lambda: F.gelu(x32, approximate="tanh")))
@@ -48,7 +48,7 @@ def main():
     add("add_fwd_f32", 3 * N * 4, timed(args.reps, lambda: x32 + y32))
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
     for r in rows:
-        print(f"| {r['op']} | {r['seconds'] * 1e6:.1f} | {r['gb_s']:.0f} |")
+        print(f"| {r['op']} | {r['seconds'] * 1e6:.1f} | {r['rate']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f)

@@ -86,7 +86,9 @@ fn run(reps: usize, json: Option<String>) -> std::result::Result<(), Box<dyn std
     if let Some(path) = json {
         let body: Vec<String> = rows
             .iter()
-            .map(|(l, t, g)| format!("{{\"op\":\"{l}\",\"seconds\":{t:e},\"gb_s\":{g:.1}}}"))
+            .map(|(l, t, g)| {
+                format!("{{\"op\":\"{l}\",\"seconds\":{t:e},\"rate\":{g:.1},\"unit\":\"GB/s\"}}")
+            })
             .collect();
         let text = format!("[{}]\n", body.join(","));
         std::fs::write(&path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
