@@ -19,7 +19,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         name = m["target"]["name"].replace("-", "_")
         kind = "lib" if "lib" in m["target"]["kind"] else "test"
-        # the crates' unit tests, and the integration tests that need a GPU
+        # the unit tests of each crate, and the integration tests that need a GPU
         if kind == "lib" or name.startswith("gpu_"):
             shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
