@@ -148,7 +148,7 @@ pub fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
             let y = specialise!(op, |OP| cpu::map(&xs, |v| OP.apply(v)));
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
-        Device::Cuda(_) => crate::cuda::unary_fwd(op, x),
+        Device::Cuda(_) => crate::cuda::elementwise::unary_fwd(op, x),
     }
 }
 
@@ -168,7 +168,7 @@ pub fn unary_bwd(op: UnaryOp, dy: &Tensor, x: &Tensor, y: &Tensor) -> Result<Ten
             });
             Ok(Tensor::from_f32_values(dx, x.shape(), x.dtype()))
         }
-        Device::Cuda(_) => crate::cuda::unary_bwd(op, dy, x),
+        Device::Cuda(_) => crate::cuda::elementwise::unary_bwd(op, dy, x),
     }
 }
 
@@ -238,7 +238,7 @@ pub fn binary_fwd(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             };
             Ok(Tensor::from_f32_values(c, a.shape(), a.dtype()))
         }
-        Device::Cuda(_) => crate::cuda::binary_fwd(op, &a, &b),
+        Device::Cuda(_) => crate::cuda::elementwise::binary_fwd(op, &a, &b),
     }
 }
 
@@ -340,7 +340,7 @@ pub fn affine_fwd(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
             let y = cpu::map(&x.f32_data(), |v| v * mul + add);
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
-        Device::Cuda(_) => crate::cuda::affine_fwd(x, mul, add),
+        Device::Cuda(_) => crate::cuda::elementwise::affine_fwd(x, mul, add),
     }
 }
 

@@ -7,15 +7,16 @@
 //! functions here; an op with no kernel yet answers `Error::Unsupported`, which names the op and
 //! says how to carry on (on the CPU).
 //!
-//! What is supported today: moving tensors between devices (`Tensor::to_device`), and on
-//! contiguous f32 / bf16 tensors the GELU and SiLU activations with their backwards, same-shape
-//! add, sub and mul, and the affine map. Broadcasting, strided views and every other op come
-//! with the kernels of issue 8's later steps.
+//! One file per family of ops, beside the kernels' own: `elementwise.rs` (activations, binary
+//! ops, the affine map). What is supported today: moving tensors between devices
+//! (`Tensor::to_device`), and on contiguous f32 / bf16 tensors the GELU and SiLU activations
+//! with their backwards, same-shape add, sub and mul, and the affine map.
 
-use crate::ops::elementwise::{BinaryOp, UnaryOp};
+pub(crate) mod elementwise;
+
 use crate::storage::{Buffer, CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, Tensor};
-use odeflow_kernels::elementwise::{self, Activation, Binary, ElemType};
+use odeflow_kernels::elementwise::ElemType;
 use odeflow_kernels::{DeviceBuffer, Gpu};
 use std::collections::HashMap;
 use std::fmt;
@@ -114,7 +115,7 @@ impl CudaStorage {
 }
 
 /// The kernels' element type of a float dtype they are compiled for.
-fn elem_type(op: &'static str, dtype: DType) -> Result<ElemType> {
+pub(crate) fn elem_type(op: &'static str, dtype: DType) -> Result<ElemType> {
     match dtype {
         DType::F32 => Ok(ElemType::F32),
         DType::BF16 => Ok(ElemType::Bf16),
@@ -127,7 +128,7 @@ fn elem_type(op: &'static str, dtype: DType) -> Result<ElemType> {
 }
 
 /// A contiguous CUDA tensor's storage, or the reason it cannot be used as a kernel's flat input.
-fn flat<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a CudaStorage> {
+pub(crate) fn flat<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a CudaStorage> {
     if !t.is_contiguous() || t.layout().offset() != 0 {
         // a strided copy kernel comes with the layout kernels
         return Err(unsupported(op, t.device()));
@@ -136,7 +137,7 @@ fn flat<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a CudaStorage> {
 }
 
 /// Wraps a kernel's output as a contiguous tensor of `shape`.
-fn wrap(buf: DeviceBuffer, dtype: DType, shape: &[usize], ordinal: usize) -> Tensor {
+pub(crate) fn wrap(buf: DeviceBuffer, dtype: DType, shape: &[usize], ordinal: usize) -> Tensor {
     let len = shape.iter().product();
     let storage = CudaStorage {
         buf,
@@ -145,65 +146,6 @@ fn wrap(buf: DeviceBuffer, dtype: DType, shape: &[usize], ordinal: usize) -> Ten
         ordinal,
     };
     Tensor::from_storage(Storage::new(Buffer::Cuda(storage)), shape)
-}
-
-fn activation(op: UnaryOp) -> Option<Activation> {
-    match op {
-        UnaryOp::Gelu => Some(Activation::Gelu),
-        UnaryOp::Silu => Some(Activation::Silu),
-        _ => None,
-    }
-}
-
-/// `unary_fwd` on CUDA: the activations that have a kernel.
-///
-/// Shapes: x [any] -> y [same]
-pub(crate) fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-    let name = op.name();
-    let act = activation(op).ok_or_else(|| unsupported(name, x.device()))?;
-    let (xs, ty) = (flat(name, x)?, elem_type(name, x.dtype())?);
-    let y = elementwise::activation_fwd(act, ty, &xs.buf, xs.len)?;
-    Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
-}
-
-/// `unary_bwd` on CUDA: dx = dy f'(x) for the activations that have a kernel.
-///
-/// Shapes: dy, x [any, equal] -> dx [same]
-pub(crate) fn unary_bwd(op: UnaryOp, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let name = op.name();
-    let act = activation(op).ok_or_else(|| unsupported(name, x.device()))?;
-    let (dys, xs) = (flat(name, dy)?, flat(name, x)?);
-    let ty = elem_type(name, x.dtype())?;
-    let dx = elementwise::activation_bwd(act, ty, &dys.buf, &xs.buf, xs.len)?;
-    Ok(wrap(dx, x.dtype(), x.shape(), xs.ordinal))
-}
-
-/// `binary_fwd` on CUDA: add, sub and mul of two tensors of one shape (broadcasting is not
-/// there yet: `binary_fwd` has already broadcast both to one shape, so only views that
-/// repeat nothing reach a kernel).
-///
-/// Shapes: a, b [same] -> c [same]
-pub(crate) fn binary_fwd(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let name = op.name();
-    let kernel = match op {
-        BinaryOp::Add => Binary::Add,
-        BinaryOp::Sub => Binary::Sub,
-        BinaryOp::Mul => Binary::Mul,
-        _ => return Err(unsupported(name, a.device())),
-    };
-    let (as_, bs) = (flat(name, a)?, flat(name, b)?);
-    let ty = elem_type(name, a.dtype())?;
-    let c = elementwise::binary_fwd(kernel, ty, &as_.buf, &bs.buf, as_.len)?;
-    Ok(wrap(c, a.dtype(), a.shape(), as_.ordinal))
-}
-
-/// `affine_fwd` on CUDA: y = mul x + add.
-///
-/// Shapes: x [any] -> y [same]
-pub(crate) fn affine_fwd(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
-    let (xs, ty) = (flat("affine", x)?, elem_type("affine", x.dtype())?);
-    let y = elementwise::affine_fwd(ty, &xs.buf, mul, add, xs.len)?;
-    Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
 }
 
 #[cfg(test)]
