@@ -31,6 +31,7 @@ pub mod norm;
 pub mod optim;
 pub mod reduce;
 pub mod softmax;
+pub mod strided;
 
 pub use error::{Error, Result};
 pub use gpu::{DeviceBuffer, Gpu, MemoryStats};

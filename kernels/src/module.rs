@@ -24,10 +24,12 @@ pub enum Module {
     Layout,
     /// `kernels/cuda/reduce.cu`: the sum over the last dim and the sum of squares.
     Reduce,
+    /// `kernels/cuda/strided.cu`: any strided view copied to a contiguous buffer.
+    Strided,
 }
 
 impl Module {
-    pub const ALL: [Module; 8] = [
+    pub const ALL: [Module; 9] = [
         Module::Elementwise,
         Module::Norm,
         Module::Softmax,
@@ -36,6 +38,7 @@ impl Module {
         Module::Embedding,
         Module::Layout,
         Module::Reduce,
+        Module::Strided,
     ];
 
     /// The position of the module in `Module::ALL` (the device's table of loaded modules).
@@ -53,6 +56,7 @@ impl Module {
             Module::Embedding => "embedding",
             Module::Layout => "layout",
             Module::Reduce => "reduce",
+            Module::Strided => "strided",
         }
     }
 
@@ -67,6 +71,7 @@ impl Module {
             Module::Embedding => include_str!("../ptx/embedding.ptx"),
             Module::Layout => include_str!("../ptx/layout.ptx"),
             Module::Reduce => include_str!("../ptx/reduce.ptx"),
+            Module::Strided => include_str!("../ptx/strided.ptx"),
         }
     }
 

@@ -326,7 +326,7 @@ impl Tensor {
                 let data = self.cpu().gather_rows(&starts, len, stride);
                 Ok(Tensor::from_cpu(data, self.shape()))
             }
-            Device::Cuda(_) => Err(crate::cuda::unsupported("contiguous", self.device())),
+            Device::Cuda(_) => crate::cuda::layout::contiguous(self),
         }
     }
 
@@ -337,8 +337,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         if let Device::Cuda(_) = self.device() {
-            // the cast kernels come with the layout kernels
-            return Err(crate::cuda::unsupported("to_dtype", self.device()));
+            return crate::cuda::layout::to_dtype(self, dtype);
         }
         let t = self.contiguous()?;
         let values = t.f32_data().into_owned();

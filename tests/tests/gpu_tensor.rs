@@ -78,6 +78,97 @@ fn the_ops_with_kernels_match_the_cpu() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn views_broadcasts_and_casts_become_the_cpu_s_values() {
+    let cpu = |t: Tensor| t.to_device(Device::Cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let t = random(&[2, 3, 4, 5], dtype, 7);
+        let g = t.to_device(GPU).unwrap();
+        // permuted, narrowed and broadcast views, copied dense by the strided-copy kernel
+        let views: [(&str, fn(&Tensor) -> Tensor); 3] = [
+            ("permute", |x| x.permute(&[3, 1, 0, 2]).unwrap()),
+            ("narrow", |x| x.narrow(2, 1, 2).unwrap()),
+            ("broadcast", |x| {
+                x.narrow(0, 0, 1)
+                    .unwrap()
+                    .broadcast_to(&[4, 3, 4, 5])
+                    .unwrap()
+            }),
+        ];
+        for (label, view) in views {
+            let got = cpu(view(&g).contiguous().unwrap());
+            let want = view(&t).contiguous().unwrap();
+            assert_eq!(
+                got.to_f32_vec().unwrap(),
+                want.to_f32_vec().unwrap(),
+                "{label} {dtype}"
+            );
+        }
+        // a broadcast operand of a binary op
+        let row = random(&[5], dtype, 8);
+        let got = cpu(g.add(&row.to_device(GPU).unwrap()).unwrap());
+        assert_close("broadcast add", &got, &t.add(&row).unwrap());
+    }
+    let t = random(&[3, 7], DType::F32, 9);
+    let g = t.to_device(GPU).unwrap();
+    let down = g.to_dtype(DType::BF16).unwrap();
+    assert_eq!(
+        cpu(down.clone()).to_f32_vec().unwrap(),
+        t.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap()
+    );
+    let up = cpu(down.to_dtype(DType::F32).unwrap());
+    assert_eq!(
+        up.to_f32_vec().unwrap(),
+        t.to_dtype(DType::BF16).unwrap().to_f32_vec().unwrap()
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn matmul_matches_the_cpu_with_transposed_and_broadcast_operands() {
+    let cpu = |t: Tensor| t.to_device(Device::Cpu).unwrap();
+    // tolerance: sqrt(K) f32 epsilons of the products' scale (bf16: the output's rounding)
+    let check = |label: &str, got: &Tensor, want: &Tensor, k: usize| {
+        let rel = match want.dtype() {
+            DType::BF16 => 1.0 / 128.0,
+            _ => 4.0 * (k as f32).sqrt() * f32::EPSILON,
+        };
+        let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+        let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            assert!((a - b).abs() <= rel * scale, "{label} [{i}]: {a} vs {b}");
+        }
+    };
+    for dtype in [DType::F32, DType::BF16] {
+        let (m, k, n) = (33, 70, 129);
+        let x = random(&[3, m, k], dtype, 10);
+        let w = random(&[k, n], dtype, 11);
+        let wt = random(&[n, k], dtype, 12);
+        let (gx, gw, gwt) = (
+            x.to_device(GPU).unwrap(),
+            w.to_device(GPU).unwrap(),
+            wt.to_device(GPU).unwrap(),
+        );
+        // a weight broadcast over the batch (stride 0)
+        let want = x.matmul(&w).unwrap();
+        check("x w", &cpu(gx.matmul(&gw).unwrap()), &want, k);
+        // a transposed view, read in place by the kernel
+        let want = x.matmul(&wt.t().unwrap()).unwrap();
+        check(
+            "x wt^T",
+            &cpu(gx.matmul(&gwt.t().unwrap()).unwrap()),
+            &want,
+            k,
+        );
+        // the weight gradient's shape: x^T dy summed over the batch
+        let dy = random(&[3, m, n], dtype, 13);
+        let want = x.t().unwrap().matmul(&dy).unwrap();
+        let got = gx.t().unwrap().matmul(&dy.to_device(GPU).unwrap()).unwrap();
+        check("x^T dy", &cpu(got), &want, m);
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn an_op_without_a_kernel_says_so_and_mixing_devices_is_refused() {
     let a = random(&[4], DType::F32, 5).to_device(GPU).unwrap();
     match a.exp() {

@@ -1,7 +1,7 @@
 //! The elementwise ops on CUDA tensors: `kernels/cuda/elementwise.cu` through
 //! `odeflow_kernels::elementwise`.
 
-use super::{elem_type, flat, unsupported, wrap};
+use super::{dense, elem_type, flat, unsupported, wrap};
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::{Result, Tensor};
 use odeflow_kernels::elementwise::{self, Activation, Binary};
@@ -20,7 +20,8 @@ fn activation(op: UnaryOp) -> Option<Activation> {
 pub(crate) fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let name = op.name();
     let act = activation(op).ok_or_else(|| unsupported(name, x.device()))?;
-    let (xs, ty) = (flat(name, x)?, elem_type(name, x.dtype())?);
+    let x = dense(x)?;
+    let (xs, ty) = (flat(name, &x)?, elem_type(name, x.dtype())?);
     let y = elementwise::activation_fwd(act, ty, &xs.buf, xs.len)?;
     Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
 }
@@ -31,15 +32,17 @@ pub(crate) fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
 pub(crate) fn unary_bwd(op: UnaryOp, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     let name = op.name();
     let act = activation(op).ok_or_else(|| unsupported(name, x.device()))?;
-    let (dys, xs) = (flat(name, dy)?, flat(name, x)?);
+    let (dy, x) = (dense(dy)?, dense(x)?);
+    let (dys, xs) = (flat(name, &dy)?, flat(name, &x)?);
     let ty = elem_type(name, x.dtype())?;
     let dx = elementwise::activation_bwd(act, ty, &dys.buf, &xs.buf, xs.len)?;
     Ok(wrap(dx, x.dtype(), x.shape(), xs.ordinal))
 }
 
-/// `binary_fwd` on CUDA: add, sub and mul of two tensors of one shape (broadcasting is not
-/// there yet: `binary_fwd` has already broadcast both to one shape, so only views that
-/// repeat nothing reach a kernel).
+/// `binary_fwd` on CUDA: add, sub and mul. `binary_fwd` has already broadcast both operands
+/// to one shape as views; `dense` materialises a broadcast (stride-0) view with the strided
+/// copy, so the kernel always sees two flat buffers of one length. (A kernel that reads the
+/// broadcast operand in place would save that copy: not written yet.)
 ///
 /// Shapes: a, b [same] -> c [same]
 pub(crate) fn binary_fwd(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -50,7 +53,8 @@ pub(crate) fn binary_fwd(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>
         BinaryOp::Mul => Binary::Mul,
         _ => return Err(unsupported(name, a.device())),
     };
-    let (as_, bs) = (flat(name, a)?, flat(name, b)?);
+    let (a, b) = (dense(a)?, dense(b)?);
+    let (as_, bs) = (flat(name, &a)?, flat(name, &b)?);
     let ty = elem_type(name, a.dtype())?;
     let c = elementwise::binary_fwd(kernel, ty, &as_.buf, &bs.buf, as_.len)?;
     Ok(wrap(c, a.dtype(), a.shape(), as_.ordinal))
@@ -60,7 +64,8 @@ pub(crate) fn binary_fwd(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>
 ///
 /// Shapes: x [any] -> y [same]
 pub(crate) fn affine_fwd(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
-    let (xs, ty) = (flat("affine", x)?, elem_type("affine", x.dtype())?);
+    let x = dense(x)?;
+    let (xs, ty) = (flat("affine", &x)?, elem_type("affine", x.dtype())?);
     let y = elementwise::affine_fwd(ty, &xs.buf, mul, add, xs.len)?;
     Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
 }

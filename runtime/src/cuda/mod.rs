@@ -13,6 +13,8 @@
 //! with their backwards, same-shape add, sub and mul, and the affine map.
 
 pub(crate) mod elementwise;
+pub(crate) mod layout;
+pub(crate) mod matmul;
 
 use crate::storage::{Buffer, CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, Tensor};
@@ -127,10 +129,19 @@ pub(crate) fn elem_type(op: &'static str, dtype: DType) -> Result<ElemType> {
     }
 }
 
+/// `t` itself when its elements fill its buffer from the start in row-major order, else a
+/// contiguous copy (a permuted, broadcast, or narrowed view): what a kernel's flat input needs.
+pub(crate) fn dense(t: &Tensor) -> Result<Tensor> {
+    if t.is_contiguous() && t.layout().offset() == 0 {
+        return Ok(t.clone());
+    }
+    layout::contiguous(t)
+}
+
 /// A contiguous CUDA tensor's storage, or the reason it cannot be used as a kernel's flat input.
 pub(crate) fn flat<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a CudaStorage> {
     if !t.is_contiguous() || t.layout().offset() != 0 {
-        // a strided copy kernel comes with the layout kernels
+        // a caller that forgot `dense`
         return Err(unsupported(op, t.device()));
     }
     t.cuda_storage(op)

@@ -58,7 +58,7 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             let c = matmul_cpu(&a, &b, batch.len(), (m, k, n));
             Ok(Tensor::from_f32_values(c, &out_shape, a.dtype()))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("matmul", a.device())),
+        Device::Cuda(_) => crate::cuda::matmul::matmul(&a, &b, batch.len(), (m, k, n)),
     }
 }
 
