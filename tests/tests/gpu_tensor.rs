@@ -7,6 +7,9 @@ use odeflow_runtime::{DType, Device, Error, Rng, Tensor};
 
 const GPU: Device = Device::Cuda(0);
 
+/// A view of a tensor (permuted, narrowed, broadcast).
+type View = fn(&Tensor) -> Tensor;
+
 fn random(shape: &[usize], dtype: DType, seed: u64) -> Tensor {
     Tensor::randn(shape, 0.0, 2.0, dtype, &mut Rng::new(seed))
 }
@@ -84,7 +87,7 @@ fn views_broadcasts_and_casts_become_the_cpu_s_values() {
         let t = random(&[2, 3, 4, 5], dtype, 7);
         let g = t.to_device(GPU).unwrap();
         // permuted, narrowed and broadcast views, copied dense by the strided-copy kernel
-        let views: [(&str, fn(&Tensor) -> Tensor); 3] = [
+        let views: [(&str, View); 3] = [
             ("permute", |x| x.permute(&[3, 1, 0, 2]).unwrap()),
             ("narrow", |x| x.narrow(2, 1, 2).unwrap()),
             ("broadcast", |x| {
