@@ -7,14 +7,22 @@
 //! functions here; an op with no kernel yet answers `Error::Unsupported`, which names the op and
 //! says how to carry on (on the CPU).
 //!
-//! One file per family of ops, beside the kernels' own: `elementwise.rs` (activations, binary
-//! ops, the affine map). What is supported today: moving tensors between devices
-//! (`Tensor::to_device`), and on contiguous f32 / bf16 tensors the GELU and SiLU activations
-//! with their backwards, same-shape add, sub and mul, and the affine map.
+//! One file per family of ops, beside the kernels' own: `elementwise.rs` (GELU, SiLU and their
+//! backwards; add, sub, mul with broadcasting; the affine map), `layout.rs` (`contiguous` of any
+//! view, f32 <-> bf16 casts), `matmul.rs` (the batched product on the GEMM), `rows.rs` (LayerNorm,
+//! RMSNorm, softmax, cross-entropy, forward and backward), `embedding.rs` (gather and its
+//! scatter-add), `optim.rs` (AdamW), `reduce.rs` (sum and mean over any dim, the sum of squares).
+//! Inputs are made dense first (`dense`); f32 and bf16 only. Still `Unsupported` on CUDA: the
+//! other unary ops (exp, log, tanh, ...), div and maximum, log-softmax, max and argmax, the
+//! attention op, and f16.
 
 pub(crate) mod elementwise;
+pub(crate) mod embedding;
 pub(crate) mod layout;
 pub(crate) mod matmul;
+pub(crate) mod optim;
+pub(crate) mod reduce;
+pub(crate) mod rows;
 
 use crate::storage::{Buffer, CpuStorage, Storage};
 use crate::{DType, Device, Error, Result, Tensor};

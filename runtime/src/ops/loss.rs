@@ -78,10 +78,13 @@ pub fn cross_entropy_fwd(
                 Tensor::from_f32_values(lse, &[n], DType::F32),
             ))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported(
-            "cross_entropy_fwd",
-            logits.device(),
-        )),
+        Device::Cuda(_) => {
+            // `read_targets` above has checked the targets on the host (downloading them, N
+            // u32s, when they live on the device): a kernel cannot return an error, and would
+            // write a NaN loss term for an out-of-range target instead
+            let count = tgt.iter().flatten().count();
+            crate::cuda::rows::cross_entropy_fwd(logits, targets, ignore_index, count)
+        }
     }
 }
 
@@ -117,10 +120,11 @@ pub fn cross_entropy_bwd(
             });
             Ok(Tensor::from_f32_values(dz, &[n, v], logits.dtype()))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported(
-            "cross_entropy_bwd",
-            logits.device(),
-        )),
+        Device::Cuda(_) => {
+            // the targets were checked on the host by `read_targets`, as in the forward
+            let count = tgt.iter().flatten().count();
+            crate::cuda::rows::cross_entropy_bwd(g, logits, targets, lse, ignore_index, count)
+        }
     }
 }
 

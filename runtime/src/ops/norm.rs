@@ -79,7 +79,7 @@ pub fn layer_norm_fwd(
                 Tensor::from_f32_values(rstd, &stats, DType::F32),
             ))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("layer_norm_fwd", x.device())),
+        Device::Cuda(_) => crate::cuda::rows::layer_norm_fwd(x, weight, bias, eps),
     }
 }
 
@@ -113,7 +113,7 @@ pub fn layer_norm_bwd(
             let dbias = has_bias.then(|| grads.dbias.clone());
             finish_grads(grads, &x, weight.is_some(), dbias)
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("layer_norm_bwd", x.device())),
+        Device::Cuda(_) => crate::cuda::rows::layer_norm_bwd(dy, x, weight, has_bias, mean, rstd),
     }
 }
 
@@ -146,7 +146,7 @@ pub fn rms_norm_fwd(x: &Tensor, weight: Option<&Tensor>, eps: f32) -> Result<(Te
                 Tensor::from_f32_values(rstd, &stats_shape(&x), DType::F32),
             ))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("rms_norm_fwd", x.device())),
+        Device::Cuda(_) => crate::cuda::rows::rms_norm_fwd(x, weight, eps),
     }
 }
 
@@ -176,7 +176,7 @@ pub fn rms_norm_bwd(
             let (dx, dweight, _) = finish_grads(grads, &x, weight.is_some(), None)?;
             Ok((dx, dweight))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("rms_norm_bwd", x.device())),
+        Device::Cuda(_) => crate::cuda::rows::rms_norm_bwd(dy, x, weight, rstd),
     }
 }
 

@@ -95,7 +95,7 @@ pub fn adamw_update(
             let f32s = |x| Tensor::from_f32_values(x, shape, DType::F32);
             Ok((f32s(p2), f32s(m2), f32s(v2)))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("adamw_update", param.device())),
+        Device::Cuda(_) => crate::cuda::optim::adamw_update(param, grad, m, v, h),
     }
 }
 
@@ -115,7 +115,7 @@ pub fn sum_squares(x: &Tensor) -> Result<f64> {
                 .collect();
             Ok(partial.iter().sum())
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("sum_squares", x.device())),
+        Device::Cuda(_) => crate::cuda::optim::sum_squares(x),
     }
 }
 

@@ -75,7 +75,14 @@ pub fn reduce_fwd(op: ReduceOp, x: &Tensor, dim: usize, keepdim: bool) -> Result
             let y = cpu::map_rows(count, n, |r| op.reduce_row(&rows[r * n..(r + 1) * n]));
             Ok(Tensor::from_f32_values(y, &shape, x.dtype()))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("reduce_fwd", x.device())),
+        Device::Cuda(_) => {
+            // the CPU path's plan: `dim` moved last (a view, copied on the device unless it
+            // already is last), then one reduction per row
+            x.layout().check_dim(op.name(), dim)?;
+            let moved = x.permute(&dim_last_perm(x.rank(), dim))?;
+            let shape = reduced_shape(x.shape(), dim, keepdim);
+            crate::cuda::reduce::reduce_rows(op, &moved, &shape)
+        }
     }
 }
 
@@ -207,7 +214,9 @@ impl Tensor {
             return Err(incompatible());
         }
         let lead = self.rank() - shape.len();
-        if lead > 0 && shape == &self.shape()[lead..] {
+        // the CPU's one-pass sum over the leading dims; on CUDA the dim-by-dim sums below
+        // (each a transposing copy and a row sum: a column-sum kernel would save the copy)
+        if lead > 0 && shape == &self.shape()[lead..] && self.device() == Device::Cpu {
             return Ok(self.sum_leading(lead));
         }
         let mut t = self.clone();
@@ -227,6 +236,7 @@ impl Tensor {
     /// The sum over the first `lead` dims: [A.., W..] -> [W..]. The fast path of `sum_to` for a
     /// bias gradient, with no transpose: the rows of the contiguous tensor are added together
     /// in `cpu::sum_over_rows`' fixed order.
+    /// CPU only (`sum_to` checks the device).
     fn sum_leading(&self, lead: usize) -> Tensor {
         let x = self
             .contiguous()

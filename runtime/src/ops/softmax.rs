@@ -59,7 +59,11 @@ fn forward(kind: Kind, op: &'static str, x: &Tensor) -> Result<Tensor> {
             });
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("forward", x.device())),
+        Device::Cuda(_) => match kind {
+            Kind::Softmax => crate::cuda::rows::softmax_fwd(x),
+            // no kernel writes log-probabilities yet (softmax.cu's rows end as probabilities)
+            Kind::LogSoftmax => Err(crate::cuda::unsupported(op, x.device())),
+        },
     }
 }
 
@@ -119,7 +123,10 @@ fn backward(kind: Kind, op: &'static str, dy: &Tensor, y: &Tensor) -> Result<Ten
             });
             Ok(Tensor::from_f32_values(dx, y.shape(), y.dtype()))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("backward", y.device())),
+        Device::Cuda(_) => match kind {
+            Kind::Softmax => crate::cuda::rows::softmax_bwd(dy, y),
+            Kind::LogSoftmax => Err(crate::cuda::unsupported(op, y.device())),
+        },
     }
 }
 
