@@ -8,6 +8,8 @@
 //   silu_bwd:  dx = dy s (1 + x (1 - s)),                       s = sigmoid(x)
 //   add_fwd, sub_fwd, mul_fwd: y = a op b
 //   affine_fwd: y = mul x + add
+//   causal_mask_fwd: y = value where the column (key) is past the row (query) of each trailing
+//     [T, T] matrix, else x (the attention's causal mask; x is [.., T, T] row-major)
 // Layout: every pointer is a contiguous buffer of n elements; outputs never alias inputs.
 // Work split: a grid-stride loop, one element per thread per pass. The launcher
 //   (kernels/src/launch.rs, `elementwise_config`) picks 256 threads per block (8 warps: enough
@@ -101,6 +103,16 @@ __device__ void affine_fwd(T* y, const T* x, float mul, float add, u64 n) {
     FOR_EACH_ELEMENT(i, n) { store(y, i, load(x, i) * mul + add); }
 }
 
+// ---- the causal mask: element i of a [.., T, T] buffer is (row, col) = ((i / T) % T, i % T) ----
+
+template <typename T>
+__device__ void causal_mask_fwd(T* y, const T* x, float value, u64 t, u64 n) {
+    FOR_EACH_ELEMENT(i, n) {
+        u64 col = i % t, row = (i / t) % t;
+        store(y, i, col > row ? value : load(x, i));
+    }
+}
+
 // ---- the entry points, named {op}_{fwd|bwd}_{dtype}; arguments: outputs, inputs, sizes ----
 
 typedef __nv_bfloat16 bf16;
@@ -135,4 +147,11 @@ extern "C" __global__ void affine_fwd_f32(float* y, const float* x, float mul, f
 }
 extern "C" __global__ void affine_fwd_bf16(bf16* y, const bf16* x, float mul, float add, u64 n) {
     affine_fwd(y, x, mul, add, n);
+}
+
+extern "C" __global__ void causal_mask_fwd_f32(float* y, const float* x, float value, u64 t, u64 n) {
+    causal_mask_fwd(y, x, value, t, n);
+}
+extern "C" __global__ void causal_mask_fwd_bf16(bf16* y, const bf16* x, float value, u64 t, u64 n) {
+    causal_mask_fwd(y, x, value, t, n);
 }

@@ -75,6 +75,13 @@ pub fn binary_kernel(op: Binary, ty: ElemType) -> &'static str {
     }
 }
 
+pub fn causal_mask_kernel(ty: ElemType) -> &'static str {
+    match ty {
+        ElemType::F32 => "causal_mask_fwd_f32",
+        ElemType::Bf16 => "causal_mask_fwd_bf16",
+    }
+}
+
 pub fn affine_kernel(ty: ElemType) -> &'static str {
     match ty {
         ElemType::F32 => "affine_fwd_f32",
@@ -244,6 +251,57 @@ pub fn affine_fwd_into(
     Ok(())
 }
 
+/// y = value above the diagonal of every trailing [T, T] matrix (key after query), else x.
+///
+/// Shapes: x [.., T, T] (n elements) -> y [same]
+pub fn causal_mask_fwd(
+    ty: ElemType,
+    x: &DeviceBuffer,
+    value: f32,
+    t: usize,
+    n: usize,
+) -> Result<DeviceBuffer> {
+    let mut y = x.gpu().alloc(n * ty.size())?;
+    causal_mask_fwd_into(&mut y, ty, x, value, t, n)?;
+    Ok(y)
+}
+
+/// `causal_mask_fwd` into `y` (overwritten).
+///
+/// Shapes: y [.., T, T] (written), x [.., T, T], n elements each
+pub fn causal_mask_fwd_into(
+    y: &mut DeviceBuffer,
+    ty: ElemType,
+    x: &DeviceBuffer,
+    value: f32,
+    t: usize,
+    n: usize,
+) -> Result<()> {
+    let name = causal_mask_kernel(ty);
+    if t == 0 || !n.is_multiple_of(t * t) {
+        let msg = format!("{n} elements are not whole [{t}, {t}] matrices");
+        return Err(crate::check::launch_error(name, msg));
+    }
+    let bytes = n * ty.size();
+    check_args(name, &[Arg::new("y", y, bytes), Arg::new("x", x, bytes)])?;
+    let Some(cfg) = elementwise_config(n) else {
+        return Ok(());
+    };
+    let (gpu, t, n) = (x.gpu().clone(), t as u64, n as u64);
+    let f = gpu.function(Module::Elementwise, name)?;
+    let mut launch = gpu.stream().launch_builder(&f);
+    launch
+        .arg(y.slice_mut())
+        .arg(x.slice())
+        .arg(&value)
+        .arg(&t)
+        .arg(&n);
+    // SAFETY: the arguments are the kernel's (T* y, const T* x, float value, u64 t, u64 n);
+    // both buffers hold n elements of T (checked) and are distinct; indices stay below n.
+    unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
+    Ok(())
+}
+
 /// Launches a kernel of signature (T* out, const T* a, const T* b, u64 n).
 fn launch3(
     name: &'static str,
@@ -289,6 +347,7 @@ mod tests {
                 names.push(binary_kernel(op, ty));
             }
             names.push(affine_kernel(ty));
+            names.push(causal_mask_kernel(ty));
         }
         for name in &names {
             assert!(entries.contains(name), "{name} is not in elementwise.ptx");

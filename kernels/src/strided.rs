@@ -1,4 +1,5 @@
-//! Launcher of `kernels/cuda/strided.cu`: any strided view copied into a contiguous buffer.
+//! Launcher of `kernels/cuda/strided.cu`: one strided view copied into another (a contiguous
+//! buffer for `contiguous`, a slice of the output for `cat`).
 
 use crate::check::{bytes_of, check_args, launch_error, Arg};
 use crate::error::{cuda, Result};
@@ -51,6 +52,30 @@ impl Strided {
         Ok(view)
     }
 
+    /// The row-major (contiguous) view of `shape` from `offset`.
+    pub fn contiguous(shape: &[usize], offset: usize) -> Result<Strided> {
+        let mut strides = vec![1; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+        Strided::new(shape, &strides, offset)
+    }
+
+    /// Whether two views have the same shape.
+    pub fn same_shape(&self, other: &Strided) -> bool {
+        self.rank == other.rank && self.shape == other.shape
+    }
+
+    /// Whether the view repeats an element (a dim of more than one element with stride 0).
+    pub fn repeats(&self) -> bool {
+        let dims = self
+            .shape
+            .iter()
+            .zip(&self.strides)
+            .take(self.rank as usize);
+        dims.into_iter().any(|(&n, &s)| n > 1 && s == 0)
+    }
+
     /// Elements of the view.
     pub fn numel(&self) -> usize {
         self.shape[..self.rank as usize].iter().product::<u64>() as usize
@@ -85,17 +110,25 @@ pub fn strided_copy_kernel(elem_bytes: usize) -> Option<&'static str> {
 /// Shapes: x [any buffer holding the view] -> y [view's numel] (elements of elem_bytes)
 pub fn strided_copy(x: &DeviceBuffer, view: &Strided, elem_bytes: usize) -> Result<DeviceBuffer> {
     let mut y = x.gpu().alloc(view.numel() * elem_bytes)?;
-    strided_copy_into(&mut y, x, view, elem_bytes)?;
+    let shape: Vec<usize> = view.shape[..view.rank as usize]
+        .iter()
+        .map(|&n| n as usize)
+        .collect();
+    let dense = Strided::contiguous(&shape, 0)?;
+    strided_copy_into(&mut y, &dense, x, view, elem_bytes)?;
     Ok(y)
 }
 
-/// `strided_copy` into `y` (overwritten).
+/// Copies the view `src` of `x` into the view `dst` of `y` (those elements overwritten, the
+/// rest of `y` untouched).
 ///
-/// Shapes: y [view's numel] (written), x [any buffer holding the view]
+/// Shapes: y [any buffer holding dst] (written where dst reaches), x [any buffer holding src];
+/// dst and src of one shape
 pub fn strided_copy_into(
     y: &mut DeviceBuffer,
+    dst: &Strided,
     x: &DeviceBuffer,
-    view: &Strided,
+    src: &Strided,
     elem_bytes: usize,
 ) -> Result<()> {
     let name = strided_copy_kernel(elem_bytes).ok_or_else(|| {
@@ -104,9 +137,13 @@ pub fn strided_copy_into(
             format!("no kernel for {elem_bytes}-byte elements"),
         )
     })?;
-    let n = view.numel();
-    let out_bytes = bytes_of(name, &[n], elem_bytes)?;
-    let in_bytes = bytes_of(name, &[view.extent()], elem_bytes)?;
+    if !dst.same_shape(src) || dst.repeats() {
+        let msg = "the destination view must have the source's shape and no repeats".into();
+        return Err(launch_error(name, msg));
+    }
+    let n = src.numel();
+    let out_bytes = bytes_of(name, &[dst.extent()], elem_bytes)?;
+    let in_bytes = bytes_of(name, &[src.extent()], elem_bytes)?;
     check_args(
         name,
         &[Arg::new("y", y, out_bytes), Arg::new("x", x, in_bytes)],
@@ -117,10 +154,16 @@ pub fn strided_copy_into(
     let (gpu, n) = (x.gpu().clone(), n as u64);
     let f = gpu.function(Module::Strided, name)?;
     let mut launch = gpu.stream().launch_builder(&f);
-    launch.arg(y.slice_mut()).arg(x.slice()).arg(view).arg(&n);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, Strided view, u64 n) with T of
-    // elem_bytes bytes; y holds n elements and x every element the view reads (its extent,
-    // checked above); y is borrowed mutably, so it aliases nothing.
+    launch
+        .arg(y.slice_mut())
+        .arg(x.slice())
+        .arg(dst)
+        .arg(src)
+        .arg(&n);
+    // SAFETY: the arguments are the kernel's (T* y, const T* x, Strided dst, Strided src,
+    // u64 n) with T of elem_bytes bytes; y holds every element dst writes and x every element
+    // src reads (their extents, checked above); dst repeats no element, so no two threads
+    // write one place; y is borrowed mutably, so it aliases nothing.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -141,6 +184,11 @@ mod tests {
         assert!(Strided::new(&[1; 9], &[1; 9], 0).is_err());
         assert!(Strided::new(&[2], &[1, 1], 0).is_err());
         assert_eq!(std::mem::size_of::<Strided>(), 144);
+        let c = Strided::contiguous(&[2, 3, 4], 5).unwrap();
+        assert_eq!((c.numel(), c.extent()), (24, 29));
+        assert!(c.same_shape(&Strided::new(&[2, 3, 4], &[1, 2, 6], 0).unwrap()));
+        assert!(Strided::new(&[5, 4], &[0, 1], 2).unwrap().repeats());
+        assert!(!Strided::new(&[1, 4], &[0, 1], 2).unwrap().repeats());
     }
 
     #[test]

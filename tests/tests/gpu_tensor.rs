@@ -172,6 +172,62 @@ fn matmul_matches_the_cpu_with_transposed_and_broadcast_operands() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn attention_cat_and_the_binary_backwards_match_the_cpu() {
+    use odeflow_runtime::ops::{attention, elementwise::binary_bwd, elementwise::BinaryOp, shape};
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu).unwrap();
+    let gpu = |t: &Tensor| t.to_device(GPU).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        // the materialised causal attention, forward and backward, [B, H, T, hd] = [2, 3, 37, 16]
+        let (q, k, v) = (
+            random(&[2, 3, 37, 16], dtype, 20),
+            random(&[2, 3, 37, 16], dtype, 21),
+            random(&[2, 3, 37, 16], dtype, 22),
+        );
+        let (out, probs) = attention::attention_fwd(&q, &k, &v).unwrap();
+        let (gout, gprobs) = attention::attention_fwd(&gpu(&q), &gpu(&k), &gpu(&v)).unwrap();
+        assert_close_loose("attention out", &cpu(&gout), &out);
+        assert_close_loose("attention probs", &cpu(&gprobs), &probs);
+        let dout = random(&[2, 3, 37, 16], dtype, 23);
+        let (dq, dk, dv) = attention::attention_bwd(&dout, &q, &k, &v, &probs).unwrap();
+        let (gq, gk, gv) = (gpu(&q), gpu(&k), gpu(&v));
+        let got = attention::attention_bwd(&gpu(&dout), &gq, &gk, &gv, &gprobs).unwrap();
+        assert_close_loose("dq", &cpu(&got.0), &dq);
+        assert_close_loose("dk", &cpu(&got.1), &dk);
+        assert_close_loose("dv", &cpu(&got.2), &dv);
+        // cat along a middle dim, of a view and a dense tensor
+        let (a, b) = (random(&[4, 3, 5], dtype, 24), random(&[5, 2, 4], dtype, 25));
+        let bt = b.permute(&[2, 1, 0]).unwrap();
+        let want = shape::cat(&[a.clone(), bt.clone()], 1).unwrap();
+        let got = shape::cat(&[gpu(&a), gpu(&b).permute(&[2, 1, 0]).unwrap()], 1).unwrap();
+        assert_eq!(cpu(&got).to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+        // add, sub and mul backwards with a broadcast operand
+        let (x, row) = (random(&[6, 9], dtype, 26), random(&[9], dtype, 27));
+        let dc = random(&[6, 9], dtype, 28);
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul] {
+            let (da, db) = binary_bwd(op, &dc, &x, &row).unwrap();
+            let (gda, gdb) = binary_bwd(op, &gpu(&dc), &gpu(&x), &gpu(&row)).unwrap();
+            assert_close_loose(&format!("{op:?} da"), &cpu(&gda), &da);
+            assert_close_loose(&format!("{op:?} db"), &cpu(&gdb), &db);
+        }
+    }
+}
+
+/// Sums and products of many terms: within 1e-3 relative (f32) or 2^-6 (bf16) of the largest
+/// value, since the GPU adds in another order.
+fn assert_close_loose(label: &str, got: &Tensor, want: &Tensor) {
+    let rel = match want.dtype() {
+        DType::BF16 => 1.0 / 64.0,
+        _ => 1e-3,
+    };
+    let (g, w) = (got.to_f32_vec().unwrap(), want.to_f32_vec().unwrap());
+    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+        assert!((a - b).abs() <= rel * scale, "{label} [{i}]: {a} vs {b}");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn an_op_without_a_kernel_says_so_and_mixing_devices_is_refused() {
     let a = random(&[4], DType::F32, 5).to_device(GPU).unwrap();
     match a.exp() {

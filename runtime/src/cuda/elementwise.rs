@@ -19,6 +19,9 @@ fn activation(op: UnaryOp) -> Option<Activation> {
 /// Shapes: x [any] -> y [same]
 pub(crate) fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let name = op.name();
+    if op == UnaryOp::Neg {
+        return affine_fwd(x, -1.0, 0.0); // -x
+    }
     let act = activation(op).ok_or_else(|| unsupported(name, x.device()))?;
     let x = dense(x)?;
     let (xs, ty) = (flat(name, &x)?, elem_type(name, x.dtype())?);
@@ -31,6 +34,9 @@ pub(crate) fn unary_fwd(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
 /// Shapes: dy, x [any, equal] -> dx [same]
 pub(crate) fn unary_bwd(op: UnaryOp, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     let name = op.name();
+    if op == UnaryOp::Neg {
+        return affine_fwd(dy, -1.0, 0.0); // d(-x) = -dy
+    }
     let act = activation(op).ok_or_else(|| unsupported(name, x.device()))?;
     let (dy, x) = (dense(dy)?, dense(x)?);
     let (dys, xs) = (flat(name, &dy)?, flat(name, &x)?);
@@ -67,5 +73,18 @@ pub(crate) fn affine_fwd(x: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
     let x = dense(x)?;
     let (xs, ty) = (flat("affine", &x)?, elem_type("affine", x.dtype())?);
     let y = elementwise::affine_fwd(ty, &xs.buf, mul, add, xs.len)?;
+    Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
+}
+
+/// `causal_mask_fill` on CUDA: `value` where the key is after the query in every trailing
+/// [T, T] matrix.
+///
+/// Shapes: x [.., T, T] -> y [same]
+pub(crate) fn causal_mask_fill(x: &Tensor, value: f32) -> Result<Tensor> {
+    let name = "causal_mask_fill";
+    let x = dense(x)?;
+    let (xs, ty) = (flat(name, &x)?, elem_type(name, x.dtype())?);
+    let t = x.layout().row_len();
+    let y = elementwise::causal_mask_fwd(ty, &xs.buf, value, t, xs.len)?;
     Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
 }

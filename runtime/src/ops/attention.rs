@@ -28,7 +28,7 @@ pub fn causal_mask_fill(x: &Tensor, value: f32) -> Result<Tensor> {
             }
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("causal_mask_fill", x.device())),
+        Device::Cuda(_) => crate::cuda::elementwise::causal_mask_fill(x, value),
     }
 }
 

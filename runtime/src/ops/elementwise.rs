@@ -277,7 +277,18 @@ pub fn binary_bwd(op: BinaryOp, dc: &Tensor, a: &Tensor, b: &Tensor) -> Result<(
             };
             Ok((da.sum_to(a.shape())?, db.sum_to(b.shape())?))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("binary_bwd", a.device())),
+        Device::Cuda(_) => {
+            // the same gradients composed from CUDA ops (a fused kernel would save passes)
+            let (da, db) = match op {
+                BinaryOp::Add => (dc.clone(), dc.clone()),
+                BinaryOp::Sub => (dc.clone(), dc.neg()?),
+                BinaryOp::Mul => (dc.mul(&bb)?, dc.mul(&ab)?),
+                BinaryOp::Div | BinaryOp::Maximum => {
+                    return Err(crate::cuda::unsupported("binary_bwd", a.device()))
+                }
+            };
+            Ok((da.sum_to(a.shape())?, db.sum_to(b.shape())?))
+        }
     }
 }
 

@@ -45,7 +45,7 @@ pub fn cat(xs: &[Tensor], dim: usize) -> Result<Tensor> {
             };
             Ok(Tensor::from_cpu(data, &shape))
         }
-        Device::Cuda(_) => Err(crate::cuda::unsupported("cat", first.device())),
+        Device::Cuda(_) => crate::cuda::layout::cat(xs, dim, &shape),
     }
 }
 
