@@ -192,7 +192,10 @@ impl Var {
                 }
             })
             .collect();
+        // drawn on the host from the pass's generator, then moved beside x (a device-side
+        // generator would save the upload; the masks must match the CPU's draw either way)
         let mask = Tensor::from_f32(mask, self.shape(), self.dtype())?;
+        let mask = mask.to_device(self.value.device())?;
         self.mul(&self.tape.constant(mask))
     }
 }

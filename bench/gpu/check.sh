@@ -18,7 +18,8 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 summary=()
 
-# tests: every test, ignored (GPU) ones included
+# tests: every test, ignored (GPU) ones included; the train CLI tests run the carried binary
+export ODEFLOW_TRAIN_BIN="$PWD/$bin/train"
 for t in "$bin"/test-*; do
     name=$(basename "$t")
     "$t" --include-ignored --test-threads 1 > "$OUT/$name.log" 2>&1

@@ -11,7 +11,7 @@ out=bench/gpu/bin
 rm -rf "$out" && mkdir -p "$out"
 
 # test executables, by target name (cargo prints their paths as JSON)
-cargo test --release -p odeflow-runtime -p odeflow-kernels -p odeflow-tests --no-run --message-format=json 2>/dev/null \
+cargo test --release -p odeflow-runtime -p odeflow-kernels -p odeflow-tests -p odeflow-model --no-run --message-format=json 2>/dev/null \
     | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
@@ -20,11 +20,13 @@ for line in sys.stdin:
         name = m["target"]["name"].replace("-", "_")
         kind = "lib" if "lib" in m["target"]["kind"] else "test"
         # the unit tests of each crate, and the integration tests that need a GPU
-        if kind == "lib" or name.startswith("gpu_"):
+        gpu_libs = ("odeflow_runtime", "odeflow_kernels")
+        if (kind == "lib" and name in gpu_libs) or name.startswith("gpu_") or name == "train_cli":
             shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
 cargo build --release -p odeflow-bench --bin gpu_elementwise --bin gpu_kernels
-cp target/release/gpu_elementwise target/release/gpu_kernels "$out/"
-strip --strip-debug "$out"/* 2>/dev/null || true
+cargo build --release -p odeflow-model --bin train
+cp target/release/gpu_elementwise target/release/gpu_kernels target/release/train "$out/"
+strip --strip-all "$out"/* 2>/dev/null || true
 ls -la "$out"
 du -sh "$out"

@@ -206,6 +206,8 @@ pub fn llama_attention(x: &Var, qkvo: [&Linear; 4], n_heads: usize) -> Result<Va
     let [q, k, v, o] = qkvo;
     let (t, hd) = (x.shape()[1], x.shape()[2] / n_heads);
     let (cos, sin) = rope_tables(t, hd);
+    let device = x.value().device();
+    let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
     let (cos, sin) = (x.tape().constant(cos), x.tape().constant(sin));
     let q = rope(&split_heads(&q.forward(x)?, n_heads)?, &cos, &sin)?;
     let k = rope(&split_heads(&k.forward(x)?, n_heads)?, &cos, &sin)?;

@@ -8,7 +8,7 @@ use crate::ode::NeuralOde;
 use crate::solver::{GradMode, Solver};
 use crate::{Error, Result};
 use odeflow_autodiff::{Param, Tape, Var};
-use odeflow_runtime::{DType, Rng, Tensor};
+use odeflow_runtime::{DType, Device, Rng, Tensor};
 
 /// How to run one forward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +86,22 @@ impl Model {
             Model::Discrete(m) => m.params(),
             Model::Gpt2(m) => m.params(),
         }
+    }
+
+    /// Where the parameters live.
+    pub fn device(&self) -> Device {
+        self.params()[0].value().device()
+    }
+
+    /// Moves every parameter to `device` (a copy each; gradients are dropped). The forward
+    /// passes then run there: the constants they make (time rows, RoPE tables, dropout masks)
+    /// are made on the parameters' device, and the inputs are moved there by the trainer.
+    pub fn to_device(&self, device: Device) -> Result<()> {
+        for p in self.params() {
+            p.zero_grad();
+            p.set_value(p.value().to_device(device)?)?;
+        }
+        Ok(())
     }
 
     /// The number of trainable numbers (equal to `Config::param_count`, as a test checks).

@@ -17,7 +17,7 @@ use crate::solver::{Field, FieldFn, Solver};
 use crate::stem::Stem;
 use crate::time::phi_rows;
 use odeflow_autodiff::{Param, Result, Tape, Var};
-use odeflow_runtime::Tensor;
+use odeflow_runtime::{Device, Tensor};
 use std::rc::Rc;
 
 pub struct NeuralOde {
@@ -46,6 +46,11 @@ impl NeuralOde {
         &self.cfg
     }
 
+    /// Where the parameters live (the constants of a forward pass are made there too).
+    pub fn device(&self) -> Device {
+        self.params[0].value().device()
+    }
+
     pub fn params(&self) -> &[Param] {
         &self.params
     }
@@ -54,7 +59,8 @@ impl NeuralOde {
     ///
     /// Shapes: ts [N] -> N x BlockWeights
     pub fn weights_at(&self, tape: &Tape, ts: &[f64]) -> Result<Vec<BlockWeights>> {
-        let phi = tape.constant(phi_rows(ts, self.cfg.sinusoidal_dim));
+        let phi = phi_rows(ts, self.cfg.sinusoidal_dim).to_device(self.device())?;
+        let phi = tape.constant(phi);
         self.block.at(tape, &phi)
     }
 
@@ -81,11 +87,11 @@ impl NeuralOde {
 
     /// The block as the solver sees it: F, and W(t) from the hypernetworks at any times.
     pub fn field(&self, dropout_seed: Option<u64>) -> Field {
-        let (block, s) = (self.block.clone(), self.cfg.sinusoidal_dim);
+        let (block, s, device) = (self.block.clone(), self.cfg.sinusoidal_dim, self.device());
         Field {
             f: field_fn(&self.cfg),
             weights: Rc::new(move |tape: &Tape, ts: &[f64]| {
-                let phi = tape.constant(phi_rows(ts, s));
+                let phi = tape.constant(phi_rows(ts, s).to_device(device)?);
                 Ok(block
                     .at(tape, &phi)?
                     .iter()

@@ -98,19 +98,23 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(model: &Model, cfg: OptimConfig) -> AdamW {
+    pub fn new(model: &Model, cfg: OptimConfig) -> Result<AdamW> {
         let params = model.params().to_vec();
         let kind = model.config().model;
         let decay = params.iter().map(|p| decays(kind, p.name())).collect();
-        let zeros = |p: &Param| Tensor::zeros(&p.shape(), DType::F32);
-        let moments = params.iter().map(|p| (zeros(p), zeros(p))).collect();
-        AdamW {
+        // the moments live beside their parameter (on the GPU for a CUDA model)
+        let zeros = |p: &Param| Tensor::zeros(&p.shape(), DType::F32).to_device(p.value().device());
+        let moments = params
+            .iter()
+            .map(|p| Ok((zeros(p)?, zeros(p)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW {
             cfg,
             params,
             decay,
             moments,
             step: 0,
-        }
+        })
     }
 
     pub fn config(&self) -> &OptimConfig {
@@ -198,7 +202,7 @@ impl AdamW {
                 let key = format!("optim.{which}.{}", p.name());
                 match tensors.get(&key) {
                     Some(t) if t.shape() == p.shape().as_slice() && t.dtype() == DType::F32 => {
-                        Ok(t.clone())
+                        Ok(t.to_device(p.value().device())?)
                     }
                     Some(t) => Err(Error::Input {
                         msg: format!(
@@ -279,7 +283,7 @@ mod tests {
             ..Config::tiny()
         };
         let model = Model::new(&cfg, 0).unwrap();
-        let mut opt = AdamW::new(&model, OptimConfig::paper(&cfg, 100));
+        let mut opt = AdamW::new(&model, OptimConfig::paper(&cfg, 100)).unwrap();
         let stats = train_step(&model, &mut opt, 1e4).unwrap();
         assert!(stats.grad_norm > 1.0, "a scaled loss gives a large norm");
         assert_eq!(opt.steps_taken(), 1);
@@ -315,7 +319,7 @@ mod tests {
         };
         let (a, b) = (Model::new(&cfg, 0).unwrap(), Model::new(&cfg, 0).unwrap());
         let ocfg = OptimConfig::paper(&cfg, 100);
-        let (mut oa, mut ob) = (AdamW::new(&a, ocfg), AdamW::new(&b, ocfg));
+        let (mut oa, mut ob) = (AdamW::new(&a, ocfg).unwrap(), AdamW::new(&b, ocfg).unwrap());
         for _ in 0..2 {
             train_step(&a, &mut oa, 1.0).unwrap();
         }

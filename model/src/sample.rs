@@ -89,7 +89,7 @@ fn check_inputs(cfg: &Config, prompt: &[u32], opts: &SampleOptions) -> Result<()
 /// Shapes: context [T] (T <= seq_len) -> logits [V]
 fn next_token_logits(model: &Model, tape: &Tape, context: &[u32]) -> Result<Vec<f32>> {
     let t = context.len();
-    let ids = Tensor::from_vec(context.to_vec(), &[1, t])?;
+    let ids = Tensor::from_vec(context.to_vec(), &[1, t])?.to_device(model.device())?;
     let logits = tape.no_grad(|| model.forward(tape, &ids, &Forward::eval()))?; // [1, T, V]
     Ok(logits.value().narrow(1, t - 1, 1)?.to_f32_vec()?)
 }

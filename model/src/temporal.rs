@@ -122,7 +122,8 @@ impl TemporalLinear {
         let n = phi.shape()[0];
         let (e1, d_in, d_out) = dims3(&self.weight);
         let h = self.hyper.forward(tape, phi)?; // [N, E]
-        let ones = tape.constant(Tensor::ones(&[n, 1], DType::F32));
+        let ones = Tensor::ones(&[n, 1], DType::F32).to_device(h.value().device())?;
+        let ones = tape.constant(ones);
         let rows = Var::cat(&[&ones, &h], 1)?; // [N, E+1]: [1, h(t_j)]
         let stacked = tape.param(&self.weight).reshape(&[e1, d_in * d_out])?;
         let w = rows.matmul(&stacked)?.reshape(&[n, d_in, d_out])?;

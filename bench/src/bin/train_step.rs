@@ -87,7 +87,7 @@ fn case(label: &'static str, cfg: Config, batch: usize) -> Case {
 /// The best time of each phase (forward, backward, optimiser) over `reps` steps, in seconds.
 fn time_steps(c: &Case, reps: usize, grad: GradMode) -> [f64; 3] {
     let model = Model::new(&c.cfg, 0).expect("a valid config");
-    let mut opt = AdamW::new(&model, OptimConfig::paper(&c.cfg, 1000));
+    let mut opt = AdamW::new(&model, OptimConfig::paper(&c.cfg, 1000)).expect("CPU moments");
     let mut rng = Rng::new(1);
     let (b, t, v) = (c.batch, c.cfg.seq_len, c.cfg.vocab_size as u64);
     let mut ids = || {

@@ -39,6 +39,7 @@ use odeflow_model::sample::{generate, SampleOptions};
 use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord};
 use odeflow_model::train::{TrainOptions, Trainer};
 use odeflow_model::{checkpoint, Config, GradMode, Model, ModelKind, Solver};
+use odeflow_runtime::Device;
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -119,9 +120,10 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
 
-    /// cpu, or cuda (the CUDA backend is issue 8; until it lands, cuda is refused).
+    /// cpu, cuda or cuda:N. The CUDA backend is being built (issue 8): its kernels have not yet
+    /// run on a GPU, and the training step on one has not been checked against the CPU.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: Device,
 
     /// Evaluate on the validation split every N steps (0: only at the end) [default: 500].
     #[arg(long)]
@@ -207,13 +209,9 @@ impl RunFiles {
 fn run(args: &Args) -> Result<ExitCode> {
     odeflow_runtime::memory::keep_freed_memory();
     odeflow_runtime::cpu::join_thread_pool();
-    if args.device != "cpu" {
-        return Err(format!(
-            "--device {}: only the CPU backend exists so far (the CUDA backend is issue 8); \
-             use --device cpu",
-            args.device
-        )
-        .into());
+    if let Device::Cuda(i) = args.device {
+        // open the device before anything else, so a machine without one fails at once
+        odeflow_runtime::cuda::gpu(i)?;
     }
     let out_dir = args.out_dir.clone().unwrap_or_else(|| {
         let kind = args.model.unwrap_or(ModelKind::NeuralOde);
@@ -257,7 +255,7 @@ fn run(args: &Args) -> Result<ExitCode> {
     let mut val = shards.val_loader(options.batch, cfg.seq_len)?;
 
     let mut trainer = if args.resume {
-        let trainer = Trainer::resume(&files.checkpoint, loader)?;
+        let trainer = Trainer::resume(&files.checkpoint, loader, args.device)?;
         println!(
             "resuming {} at step {}/{}",
             files.checkpoint.display(),
@@ -267,6 +265,7 @@ fn run(args: &Args) -> Result<ExitCode> {
         trainer
     } else {
         let model = Model::new(&cfg, options.seed)?;
+        model.to_device(args.device)?;
         fs::write(&files.config, cfg.to_toml())?;
         Trainer::new(model, loader, options.clone())?
     };

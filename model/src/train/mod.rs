@@ -35,7 +35,7 @@ use std::time::Instant;
 use odeflow_autodiff::Tape;
 use odeflow_data::{Batch, LoaderState, TrainLoader, ValLoader};
 use odeflow_runtime::rng::{mix64, GOLDEN_GAMMA};
-use odeflow_runtime::Tensor;
+use odeflow_runtime::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
@@ -151,7 +151,7 @@ impl Trainer {
             solver: options.solver,
             ..Forward::eval()
         })?;
-        let optim = AdamW::new(&model, options.optim);
+        let optim = AdamW::new(&model, options.optim)?;
         Ok(Trainer {
             model,
             optim,
@@ -163,12 +163,14 @@ impl Trainer {
         })
     }
 
-    /// Continues the run saved at `path`. `loader` must be built over the same shards with the
-    /// batch and seq_len of the saved options (its own seed and position are replaced).
-    pub fn resume(path: &Path, mut loader: TrainLoader) -> Result<Trainer> {
+    /// Continues the run saved at `path`, on `device`. `loader` must be built over the same
+    /// shards with the batch and seq_len of the saved options (its own seed and position are
+    /// replaced).
+    pub fn resume(path: &Path, mut loader: TrainLoader, device: Device) -> Result<Trainer> {
         let loaded = checkpoint::load(path)?;
         let state = run_state(path, &loaded.metadata)?;
-        let mut optim = AdamW::new(&loaded.model, state.options.optim);
+        loaded.model.to_device(device)?;
+        let mut optim = AdamW::new(&loaded.model, state.options.optim)?;
         optim.load_state(&loaded.extra, state.step as u64)?;
         loader.resume(LoaderState {
             seed: state.loader_seed,
@@ -227,8 +229,10 @@ impl Trainer {
         let mut loss_sum = 0.0f64;
         for micro in 0..accum {
             self.loader.next_batch_into(&mut self.batch);
-            let ids = Tensor::from_vec(self.batch.inputs.clone(), &[b, t])?;
+            let device = self.model.device();
+            let ids = Tensor::from_vec(self.batch.inputs.clone(), &[b, t])?.to_device(device)?;
             let targets = Tensor::from_vec(self.batch.targets.clone(), &[b, t])?;
+            let targets = targets.to_device(device)?;
             let tape = Tape::new();
             let fwd = self.forward_options(micro);
             let loss = self.model.loss(&tape, &ids, &targets, &fwd)?;
@@ -342,8 +346,9 @@ pub fn evaluate(
             break;
         };
         let (b, t) = (batch.batch, batch.seq_len);
-        let ids = Tensor::from_vec(batch.inputs, &[b, t])?;
-        let targets = Tensor::from_vec(batch.targets, &[b, t])?;
+        let device = model.device();
+        let ids = Tensor::from_vec(batch.inputs, &[b, t])?.to_device(device)?;
+        let targets = Tensor::from_vec(batch.targets, &[b, t])?.to_device(device)?;
         let tape = Tape::new();
         let loss = tape.no_grad(|| model.loss(&tape, &ids, &targets, fwd))?;
         // the loss is a mean over the batch's tokens: weight it by their number
