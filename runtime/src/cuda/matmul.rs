@@ -118,3 +118,53 @@ fn dtype_of(ty: ElemType) -> DType {
         ElemType::Bf16 => DType::BF16,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// gemm_layout of a CPU tensor (it reads only the layout, so no device is needed).
+    fn layout_of(t: &Tensor, lead: usize) -> Option<(bool, usize)> {
+        let r = t.rank();
+        gemm_layout(t, lead, t.shape()[r - 2], t.shape()[r - 1])
+    }
+
+    #[test]
+    fn the_gemm_reads_packed_broadcast_and_transposed_operands_in_place() {
+        let x = Tensor::zeros(&[3, 4, 5], DType::F32);
+        // activations [batch, rows, cols]: packed matrices
+        assert_eq!(layout_of(&x, 1), Some((false, 20)));
+        // a weight broadcast over the batch: stride 0
+        let w = Tensor::zeros(&[5, 6], DType::F32)
+            .broadcast_to(&[3, 5, 6])
+            .unwrap();
+        assert_eq!(layout_of(&w, 1), Some((false, 0)));
+        // its transpose, as the backward takes it: read transposed, still broadcast
+        let wt = Tensor::zeros(&[6, 5], DType::F32).t().unwrap();
+        let wt = wt.broadcast_to(&[3, 5, 6]).unwrap();
+        assert_eq!(layout_of(&wt, 1), Some((true, 0)));
+        // the transposes of packed activations
+        assert_eq!(layout_of(&x.t().unwrap(), 1), Some((true, 20)));
+        // two batch dims, packed
+        let y = Tensor::zeros(&[2, 3, 4, 5], DType::F32);
+        assert_eq!(layout_of(&y, 2), Some((false, 20)));
+    }
+
+    #[test]
+    fn other_layouts_are_copied_first() {
+        let y = Tensor::zeros(&[2, 3, 4, 5], DType::F32);
+        // batch dims swapped: not one stride apart
+        assert_eq!(layout_of(&y.permute(&[1, 0, 2, 3]).unwrap(), 2), None);
+        // a view that starts inside its buffer
+        assert_eq!(layout_of(&y.narrow(0, 1, 1).unwrap(), 2), None);
+        // a batch that is half broadcast, half real
+        let half = Tensor::zeros(&[1, 3, 4, 5], DType::F32);
+        assert_eq!(
+            layout_of(&half.broadcast_to(&[2, 3, 4, 5]).unwrap(), 2),
+            None
+        );
+        // rows of a matrix that are not adjacent (a narrowed last dim)
+        let z = Tensor::zeros(&[4, 8], DType::F32);
+        assert_eq!(layout_of(&z.narrow(1, 0, 5).unwrap(), 0), None);
+    }
+}
