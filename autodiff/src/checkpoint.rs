@@ -25,6 +25,8 @@ pub(crate) struct Checkpointed {
     f: Rc<SegmentFn>,
     inputs: Vec<Tensor>,
     needs_grad: Vec<bool>,
+    /// The outer tape's compute dtype, so the recomputation casts as the forward did.
+    compute: Option<odeflow_runtime::DType>,
 }
 
 impl Tape {
@@ -52,6 +54,7 @@ impl Tape {
             f: Rc::new(f),
             inputs: args.iter().map(|x| x.value().clone()).collect(),
             needs_grad: args.iter().map(Var::requires_grad).collect(),
+            compute: self.compute(),
         };
         // always recorded, even if no input needs a gradient: `f` may use parameters
         let op = crate::op::Op::Checkpoint(segment);
@@ -62,7 +65,7 @@ impl Tape {
 
 /// The backward rule of a segment: recompute, then backpropagate `dy` through the recording.
 pub(crate) fn backward(segment: Checkpointed, dy: Tensor) -> Result<Vec<Option<Tensor>>> {
-    let tape = Tape::new();
+    let tape = Tape::with_compute(segment.compute);
     let inputs: Vec<Var> = segment
         .inputs
         .into_iter()

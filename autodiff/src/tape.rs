@@ -15,7 +15,7 @@
 
 use crate::op::Op;
 use crate::{Error, Param, Result, Var};
-use odeflow_runtime::{Error as RuntimeError, Tensor};
+use odeflow_runtime::{DType, Error as RuntimeError, Tensor};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -39,6 +39,9 @@ pub(crate) struct Node {
 struct State {
     nodes: Vec<Node>,
     recording: bool,
+    /// Mixed precision: the dtype `param_cast` and `constant_cast` hand out floats in (`None`:
+    /// as stored).
+    compute: Option<DType>,
     /// Bumped each time `backward` frees the nodes, so `Var`s of a consumed pass are caught.
     generation: u64,
 }
@@ -70,14 +73,27 @@ impl Default for Tape {
 impl Tape {
     /// An empty tape that records.
     pub fn new() -> Tape {
+        Tape::with_compute(None)
+    }
+
+    /// An empty tape whose `param_cast` and `constant_cast` give floats in `compute` (bf16 for
+    /// mixed-precision training: the parameters stay f32 masters, each pass computes in bf16,
+    /// and each parameter's gradient is cast back to f32 by the cast's backward).
+    pub fn with_compute(compute: Option<DType>) -> Tape {
         let state = State {
             nodes: Vec::new(),
             recording: true,
+            compute,
             generation: 0,
         };
         Tape {
             state: Rc::new(RefCell::new(state)),
         }
+    }
+
+    /// The dtype this tape computes floats in, if it casts them (`with_compute`).
+    pub fn compute(&self) -> Option<DType> {
+        self.state.borrow().compute
     }
 
     /// Whether ops on this tape's `Var`s are being recorded (false inside `no_grad`).
@@ -107,6 +123,26 @@ impl Tape {
     /// A value that needs no gradient (token ids, masks, targets, data).
     pub fn constant(&self, value: Tensor) -> Var {
         Var::new(value, None, self.clone(), self.generation())
+    }
+
+    /// `param`, cast to the tape's compute dtype when it has one (a recorded cast, so the
+    /// gradient reaching the parameter is cast back to its own dtype).
+    pub fn param_cast(&self, param: &Param) -> Result<Var> {
+        let x = self.param(param);
+        match self.compute() {
+            Some(dt) if x.dtype().is_float() && x.dtype() != dt => x.to_dtype(dt),
+            _ => Ok(x),
+        }
+    }
+
+    /// `constant`, a float one cast to the tape's compute dtype when it has one (time rows,
+    /// rotation tables: whatever meets the activations in an op).
+    pub fn constant_cast(&self, value: Tensor) -> Result<Var> {
+        let value = match self.compute() {
+            Some(dt) if value.dtype().is_float() && value.dtype() != dt => value.to_dtype(dt)?,
+            _ => value,
+        };
+        Ok(self.constant(value))
     }
 
     /// Runs `f` with recording switched off: every op inside gives a constant, and nothing is

@@ -223,3 +223,27 @@ fn backward_from_several_outputs_sums_their_products() {
     assert_eq!(vals(grads.get(&b).unwrap()), vec![1.0, 2.0]);
     assert!(tape.is_empty());
 }
+
+#[test]
+fn a_mixed_precision_tape_computes_in_bf16_and_hands_f32_gradients_back() {
+    // loss = sum(w * x) with w an f32 master and the pass in bf16: dloss/dw = x, cast to f32
+    let tape = Tape::with_compute(Some(DType::BF16));
+    let w = Param::new("w", t(&[1.5, -2.0, 0.25]));
+    let wv = tape.param_cast(&w).unwrap();
+    assert_eq!(wv.dtype(), DType::BF16);
+    let x = tape.constant_cast(t(&[2.0, 0.5, 4.0])).unwrap();
+    assert_eq!(x.dtype(), DType::BF16);
+    let ids = tape
+        .constant_cast(Tensor::from_vec(vec![1u32, 2], &[2]).unwrap())
+        .unwrap();
+    assert_eq!(ids.dtype(), DType::U32, "integers are not cast");
+    let loss = wv.mul(&x).unwrap().sum_all().unwrap();
+    assert_eq!(loss.value().to_scalar().unwrap(), 3.0 - 1.0 + 1.0);
+    tape.backward(&loss).unwrap();
+    let g = w.grad().unwrap();
+    assert_eq!(g.dtype(), DType::F32);
+    assert_eq!(vals(&g), vec![2.0, 0.5, 4.0]);
+    // without a compute dtype nothing is cast
+    let plain = Tape::new();
+    assert_eq!(plain.param_cast(&w).unwrap().dtype(), DType::F32);
+}

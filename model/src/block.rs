@@ -480,9 +480,10 @@ impl FixedBlock {
     }
 
     /// The layer's parameters lifted onto `tape`, as the weights of one evaluation.
-    pub fn lift(&self, tape: &Tape) -> BlockWeights {
-        let vars: Vec<Var> = self.params.iter().map(|p| tape.param(p)).collect();
-        BlockWeights::from_vars(self.kind, &vars)
+    pub fn lift(&self, tape: &Tape) -> Result<BlockWeights> {
+        let vars = self.params.iter().map(|p| tape.param_cast(p));
+        let vars: Vec<Var> = vars.collect::<Result<_>>()?;
+        Ok(BlockWeights::from_vars(self.kind, &vars))
     }
 }
 

@@ -77,7 +77,7 @@ impl Discrete {
         let field = Field {
             f: field_fn(&self.cfg),
             weights: Rc::new(move |tape: &Tape, ts: &[f64]| {
-                let lift = |&t: &f64| Ok(BlockWeights::vars(&layer_at(&layers, t)?.lift(tape)));
+                let lift = |&t: &f64| Ok(BlockWeights::vars(&layer_at(&layers, t)?.lift(tape)?));
                 ts.iter().map(lift).collect()
             }),
             dropout_seed: field_seed[0],

@@ -63,7 +63,7 @@ impl Gpt2 {
         let mut x = self.stem.embed(tape, ids, embed_seed)?;
         let (n_heads, p) = (self.cfg.n_heads, self.cfg.dropout);
         for (layer, seed) in self.layers.iter().zip(seeds) {
-            let inputs: Vec<Var> = std::iter::once(x).chain(layer.lift(tape).vars()).collect();
+            let inputs: Vec<Var> = std::iter::once(x).chain(layer.lift(tape)?.vars()).collect();
             let step = move |args: &[Var]| {
                 let w = BlockWeights::from_vars(BlockKind::Gpt, &args[1..]);
                 block::sequential_block(&args[0], &w, n_heads, &mut Dropout::new(p, seed))

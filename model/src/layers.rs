@@ -208,7 +208,7 @@ pub fn llama_attention(x: &Var, qkvo: [&Linear; 4], n_heads: usize) -> Result<Va
     let (cos, sin) = rope_tables(t, hd);
     let device = x.value().device();
     let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
-    let (cos, sin) = (x.tape().constant(cos), x.tape().constant(sin));
+    let (cos, sin) = (x.tape().constant_cast(cos)?, x.tape().constant_cast(sin)?);
     let q = rope(&split_heads(&q.forward(x)?, n_heads)?, &cos, &sin)?;
     let k = rope(&split_heads(&k.forward(x)?, n_heads)?, &cos, &sin)?;
     let v = split_heads(&v.forward(x)?, n_heads)?;

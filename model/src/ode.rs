@@ -60,7 +60,7 @@ impl NeuralOde {
     /// Shapes: ts [N] -> N x BlockWeights
     pub fn weights_at(&self, tape: &Tape, ts: &[f64]) -> Result<Vec<BlockWeights>> {
         let phi = phi_rows(ts, self.cfg.sinusoidal_dim).to_device(self.device())?;
-        let phi = tape.constant(phi);
+        let phi = tape.constant_cast(phi)?;
         self.block.at(tape, &phi)
     }
 
@@ -91,7 +91,7 @@ impl NeuralOde {
         Field {
             f: field_fn(&self.cfg),
             weights: Rc::new(move |tape: &Tape, ts: &[f64]| {
-                let phi = tape.constant(phi_rows(ts, s).to_device(device)?);
+                let phi = tape.constant_cast(phi_rows(ts, s).to_device(device)?)?;
                 Ok(block
                     .at(tape, &phi)?
                     .iter()

@@ -83,9 +83,9 @@ impl Stem {
     ///
     /// Shapes: ids [B, T] (u32) -> [B, T, D]
     pub fn embed(&self, tape: &Tape, ids: &Tensor, seed: Option<u64>) -> Result<Var> {
-        let x = tape.param(&self.wte).embedding(ids)?;
+        let x = tape.param_cast(&self.wte)?.embedding(ids)?;
         let x = match &self.wpe {
-            Some(wpe) => x.add(&tape.param(wpe).narrow(0, 0, ids.shape()[1])?)?,
+            Some(wpe) => x.add(&tape.param_cast(wpe)?.narrow(0, 0, ids.shape()[1])?)?,
             None => x,
         };
         Dropout::new(self.dropout, seed).forward(&x)
@@ -99,12 +99,17 @@ impl Stem {
                 NormKind::Layer => LAYER_NORM_EPS,
                 NormKind::Rms => FINAL_RMS_EPS,
             },
-            weight: Some(tape.param(&self.norm_f.0)),
-            bias: self.norm_f.1.as_ref().map(|b| tape.param(b)),
+            weight: Some(tape.param_cast(&self.norm_f.0)?),
+            bias: self
+                .norm_f
+                .1
+                .as_ref()
+                .map(|b| tape.param_cast(b))
+                .transpose()?,
         };
         let head = match &self.lm_head {
-            Some(h) => tape.param(h),
-            None => tape.param(&self.wte).t()?, // a view: no copy of the [V, D] table
+            Some(h) => tape.param_cast(h)?,
+            None => tape.param_cast(&self.wte)?.t()?, // a view of the table (or of its bf16 cast)
         };
         Linear { w: head, b: None }.forward(&norm.forward(x)?)
     }

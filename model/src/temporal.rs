@@ -58,11 +58,13 @@ impl HyperNet {
     ///
     /// Shapes: phi [N, 2S+1] -> h [N, E]
     pub fn forward(&self, tape: &Tape, phi: &Var) -> Result<Var> {
-        let lift = |(w, b): &(Param, Param)| Linear {
-            w: tape.param(w),
-            b: Some(tape.param(b)),
+        let lift = |(w, b): &(Param, Param)| -> Result<Linear> {
+            Ok(Linear {
+                w: tape.param_cast(w)?,
+                b: Some(tape.param_cast(b)?),
+            })
         };
-        lift(&self.lin2).forward(&lift(&self.lin1).forward(phi)?.silu()?)
+        lift(&self.lin2)?.forward(&lift(&self.lin1)?.forward(phi)?.silu()?)
     }
 }
 
@@ -123,13 +125,15 @@ impl TemporalLinear {
         let (e1, d_in, d_out) = dims3(&self.weight);
         let h = self.hyper.forward(tape, phi)?; // [N, E]
         let ones = Tensor::ones(&[n, 1], DType::F32).to_device(h.value().device())?;
-        let ones = tape.constant(ones);
+        let ones = tape.constant_cast(ones)?;
         let rows = Var::cat(&[&ones, &h], 1)?; // [N, E+1]: [1, h(t_j)]
-        let stacked = tape.param(&self.weight).reshape(&[e1, d_in * d_out])?;
+        let stacked = tape
+            .param_cast(&self.weight)?
+            .reshape(&[e1, d_in * d_out])?;
         let w = rows.matmul(&stacked)?.reshape(&[n, d_in, d_out])?;
         let ws = per_step(&w)?;
         let bs = match &self.bias {
-            Some(b) => per_step(&h.matmul(&tape.param(b))?)?
+            Some(b) => per_step(&h.matmul(&tape.param_cast(b)?)?)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -177,8 +181,8 @@ impl TemporalNorm {
     /// Shapes: phi [N, 2S+1] -> N x (weight [D], bias [D])
     pub fn at(&self, tape: &Tape, phi: &Var) -> Result<Vec<Norm>> {
         let h = self.hyper.forward(tape, phi)?; // [N, E]
-        let weights = per_step(&h.matmul(&tape.param(&self.gain))?.add_scalar(1.0)?)?;
-        let biases = per_step(&h.matmul(&tape.param(&self.shift))?)?;
+        let weights = per_step(&h.matmul(&tape.param_cast(&self.gain)?)?.add_scalar(1.0)?)?;
+        let biases = per_step(&h.matmul(&tape.param_cast(&self.shift)?)?)?;
         let norm = |(w, b)| Norm {
             kind: self.kind,
             eps: self.eps,

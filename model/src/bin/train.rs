@@ -37,7 +37,7 @@ use odeflow_model::optim::OptimConfig;
 use odeflow_model::plot::{plot_curves, Curve};
 use odeflow_model::sample::{generate, SampleOptions};
 use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord};
-use odeflow_model::train::{TrainOptions, Trainer};
+use odeflow_model::train::{Precision, TrainOptions, Trainer};
 use odeflow_model::{checkpoint, Config, GradMode, Model, ModelKind, Solver};
 use odeflow_runtime::Device;
 
@@ -124,6 +124,11 @@ struct Args {
     /// run on a GPU, and the training step on one has not been checked against the CPU.
     #[arg(long, default_value = "cpu")]
     device: Device,
+
+    /// f32, or bf16 (computing in bf16 with f32 master weights, as the paper trains)
+    /// [default: f32 on the CPU, bf16 on CUDA].
+    #[arg(long)]
+    precision: Option<Precision>,
 
     /// Evaluate on the validation split every N steps (0: only at the end) [default: 500].
     #[arg(long)]
@@ -433,6 +438,10 @@ fn settings(args: &Args) -> Result<(Config, TrainOptions)> {
         checkpoint_every: args.checkpoint_every.unwrap_or(500),
         grad: args.grad_mode.unwrap_or(GradMode::Backprop),
         solver: args.solver.unwrap_or_default(),
+        precision: args.precision.unwrap_or(match args.device {
+            Device::Cpu => Precision::F32,
+            _ => Precision::Bf16,
+        }),
         optim,
     };
     options.validate()?;
@@ -502,6 +511,11 @@ fn saved_settings(args: &Args, path: &Path) -> Result<(Config, TrainOptions)> {
         "solver",
         args.solver.map(|v| v.to_string()),
         options.solver.to_string(),
+    );
+    check(
+        "precision",
+        args.precision.map(|p| p.name().to_string()),
+        options.precision.name().to_string(),
     );
     check(
         "ode-steps",

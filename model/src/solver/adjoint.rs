@@ -34,7 +34,7 @@
 use super::tableau::{rk_step, Axpy};
 use super::{Field, Solver};
 use odeflow_autodiff::{Result, Tape, Var};
-use odeflow_runtime::Tensor;
+use odeflow_runtime::{DType, Tensor};
 
 /// Solves forward with `solver` in `n` steps keeping only the states at the segment starts
 /// (every `every` steps), and records one node whose backward is the adjoint solve.
@@ -48,6 +48,8 @@ pub(super) fn solve(
     every: usize,
 ) -> Result<Var> {
     let tape = x0.tape();
+    // the tapes of the solve's own evaluations compute in the outer pass's dtype
+    let compute = tape.compute();
     let every = every.min(n);
     // segment starts: X at steps every, 2 every, ... (step 0's start is x0 itself)
     let mut starts: Vec<Tensor> = Vec::new();
@@ -56,7 +58,7 @@ pub(super) fn solve(
         if i > 0 && i % every == 0 {
             starts.push(x.clone());
         }
-        x = forward_step(solver, field, i, n, &x)?;
+        x = forward_step(solver, field, i, n, &x, compute)?;
     }
     let (field, x1) = (field.clone(), x.clone());
     tape.custom("adjoint", &[x0], x, move |dy| {
@@ -69,7 +71,7 @@ pub(super) fn solve(
         for (seg, end) in segments.into_iter().enumerate().rev() {
             let mut state = Augmented { x: end, a };
             for i in (seg * every..((seg + 1) * every).min(n)).rev() {
-                state = backward_step(solver, &field, i, n, &state)?;
+                state = backward_step(solver, &field, i, n, &state, compute)?;
             }
             a = state.a;
         }
@@ -86,8 +88,9 @@ pub(super) fn forward_step(
     i: usize,
     n: usize,
     x: &Tensor,
+    compute: Option<DType>,
 ) -> Result<Tensor> {
-    let tape = Tape::new();
+    let tape = Tape::with_compute(compute);
     tape.no_grad(|| {
         let x = tape.constant(x.clone());
         let y = rk_step(solver.tableau(), &x, 1.0 / n as f32, |s, xs| {
@@ -105,11 +108,13 @@ pub(super) fn forward_step(
 /// Shapes: x1 [B, T, D] -> [B, T, D]
 pub(super) fn reintegrate(solver: Solver, field: &Field, n: usize, x1: &Tensor) -> Result<Tensor> {
     let (tab, dt) = (solver.tableau(), 1.0 / n as f64);
+    // a state computed in bf16 is re-integrated in bf16
+    let compute = (x1.dtype() != DType::F32).then_some(x1.dtype());
     let mut x = x1.clone();
     for i in (0..n).rev() {
         x = rk_step(tab, &x, dt as f32, |s, xs| {
             let t = reversed_stage_time(solver, i, s, n);
-            let tape = Tape::new();
+            let tape = Tape::with_compute(compute);
             tape.no_grad(|| {
                 let w = weights_at(field, &tape, t)?;
                 let f = field.eval(&tape.constant(xs.clone()), &w, t)?;
@@ -144,11 +149,12 @@ fn backward_step(
     i: usize,
     n: usize,
     z: &Augmented,
+    compute: Option<DType>,
 ) -> Result<Augmented> {
     let (tab, dt) = (solver.tableau(), 1.0 / n as f64);
     rk_step(tab, z, dt as f32, |s, zs| {
         let t = reversed_stage_time(solver, i, s, n);
-        slopes(field, zs, t, tab.b[s] * dt)
+        slopes(field, zs, t, tab.b[s] * dt, compute)
     })
 }
 
@@ -173,14 +179,20 @@ fn reversed_stage_time(solver: Solver, i: usize, s: usize, n: usize) -> f64 {
 /// with b_s = 0 adds nothing to g), the other F with X and W(t) as leaves. Backpropagating a
 /// through F gives aᵀ∂F/∂X and aᵀ∂F/∂W; backpropagating quad aᵀ∂F/∂W through the
 /// hypernetwork adds quad aᵀ∂F/∂θ to the parameters.
-fn slopes(field: &Field, z: &Augmented, t: f64, quad: f64) -> Result<Augmented> {
-    let hyper = Tape::new();
+fn slopes(
+    field: &Field,
+    z: &Augmented,
+    t: f64,
+    quad: f64,
+    compute: Option<DType>,
+) -> Result<Augmented> {
+    let hyper = Tape::with_compute(compute);
     let w = if quad != 0.0 {
         weights_at(field, &hyper, t)?
     } else {
         hyper.no_grad(|| weights_at(field, &hyper, t))?
     };
-    let tape = Tape::new();
+    let tape = Tape::with_compute(compute);
     let x = tape.leaf(z.x.clone());
     let w_leaves: Vec<Var> = w.iter().map(|w| tape.leaf(w.value().clone())).collect();
     let y = field.eval(&x, &w_leaves, t)?;

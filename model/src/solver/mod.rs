@@ -144,7 +144,7 @@ impl Solver {
     pub fn integrate(self, x0: &Tensor, field: &Field, n_steps: usize) -> Result<Tensor> {
         let mut x = x0.clone();
         for i in 0..n_steps {
-            x = adjoint::forward_step(self, field, i, n_steps, &x)?;
+            x = adjoint::forward_step(self, field, i, n_steps, &x, None)?;
         }
         Ok(x)
     }

@@ -35,7 +35,7 @@ use std::time::Instant;
 use odeflow_autodiff::Tape;
 use odeflow_data::{Batch, LoaderState, TrainLoader, ValLoader};
 use odeflow_runtime::rng::{mix64, GOLDEN_GAMMA};
-use odeflow_runtime::{Device, Tensor};
+use odeflow_runtime::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
@@ -73,6 +73,10 @@ pub struct TrainOptions {
     /// checkpoints, which all trained with Euler).
     #[serde(default)]
     pub solver: Solver,
+    /// What each pass computes in: f32, or bf16 with the f32 parameters as masters (older run
+    /// states have none: f32).
+    #[serde(default)]
+    pub precision: Precision,
     pub optim: OptimConfig,
 }
 
@@ -108,6 +112,49 @@ impl TrainOptions {
     /// Tokens per optimiser step: accum x B x T.
     pub fn tokens_per_step(&self, seq_len: usize) -> usize {
         self.accum * self.batch * seq_len
+    }
+}
+
+/// The dtype of a pass's arithmetic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision, as the paper trains: the parameters stay f32 (the optimiser updates
+    /// them), each pass casts them and its constants to bf16 and computes in bf16 (norm
+    /// statistics, softmax sums and the loss in f32 inside their kernels), and the gradients
+    /// are cast back to f32 on their way to the parameters.
+    Bf16,
+}
+
+impl Precision {
+    /// The tape's compute dtype (`Tape::with_compute`).
+    pub fn compute(self) -> Option<DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(DType::BF16),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Precision, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("unknown precision {s:?}; choose f32 or bf16")),
+        }
     }
 }
 
@@ -233,7 +280,7 @@ impl Trainer {
             let ids = Tensor::from_vec(self.batch.inputs.clone(), &[b, t])?.to_device(device)?;
             let targets = Tensor::from_vec(self.batch.targets.clone(), &[b, t])?;
             let targets = targets.to_device(device)?;
-            let tape = Tape::new();
+            let tape = Tape::with_compute(self.options.precision.compute());
             let fwd = self.forward_options(micro);
             let loss = self.model.loss(&tape, &ids, &targets, &fwd)?;
             let value = loss.value().to_f32_vec()?[0] as f64;
@@ -284,7 +331,8 @@ impl Trainer {
             solver: self.options.solver,
             ..Forward::eval()
         };
-        evaluate(&self.model, val, max_batches, self.step, &fwd)
+        let compute = self.options.precision.compute();
+        evaluate(&self.model, val, max_batches, self.step, &fwd, compute)
     }
 
     /// The state `save` records, for logging.
@@ -323,14 +371,15 @@ pub fn run_state(path: &Path, metadata: &BTreeMap<String, String>) -> Result<Run
     serde_json::from_str(json).map_err(|e| bad(format!("its training state is unreadable: {e}")))
 }
 
-/// The mean loss of `model` run as `fwd` says over the first `max_batches` batches of `val`
-/// (all if 0).
+/// The mean loss of `model` run as `fwd` says, computing in `compute` (`None`: as stored),
+/// over the first `max_batches` batches of `val` (all if 0).
 pub fn evaluate(
     model: &Model,
     val: &mut ValLoader,
     max_batches: usize,
     step: usize,
     fwd: &Forward,
+    compute: Option<DType>,
 ) -> Result<EvalRecord> {
     val.reset();
     let limit = if max_batches == 0 {
@@ -349,7 +398,7 @@ pub fn evaluate(
         let device = model.device();
         let ids = Tensor::from_vec(batch.inputs, &[b, t])?.to_device(device)?;
         let targets = Tensor::from_vec(batch.targets, &[b, t])?.to_device(device)?;
-        let tape = Tape::new();
+        let tape = Tape::with_compute(compute);
         let loss = tape.no_grad(|| model.loss(&tape, &ids, &targets, fwd))?;
         // the loss is a mean over the batch's tokens: weight it by their number
         sum += loss.value().to_f32_vec()?[0] as f64 * (b * t) as f64;
@@ -411,6 +460,7 @@ mod tests {
             checkpoint_every: 0,
             grad: GradMode::Backprop,
             solver: Solver::Euler,
+            precision: Precision::F32,
             optim: OptimConfig::paper(&cfg, 3),
         };
         Trainer::new(Model::new(&cfg, 5).unwrap(), loader, options).unwrap()
