@@ -31,10 +31,8 @@ cat "$OUT"/test-*.log > "$OUT/tests.log"
 rm -f "$OUT"/test-*.log
 
 # kernel benches, then PyTorch's side of them (same shapes, same device)
-"$bin/gpu_elementwise" --json "$OUT/ours_elementwise.json" > "$OUT/bench.log" 2>&1
-"$bin/gpu_kernels" --json "$OUT/ours_kernels.json" >> "$OUT/bench.log" 2>&1
-python3 bench/peers/torch_elementwise.py --json "$OUT/torch_elementwise.json" > "$OUT/torch.log" 2>&1
-python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" >> "$OUT/torch.log" 2>&1
+"$bin/gpu_kernels" --json "$OUT/ours_kernels.json" > "$OUT/bench.log" 2>&1
+python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" > "$OUT/torch.log" 2>&1
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
@@ -53,8 +51,8 @@ def load(name):
     except Exception as e:
         print(f"({name}: {e})")
         return []
-ours = load("ours_elementwise.json") + load("ours_kernels.json")
-torch = {r["op"]: r for r in load("torch_elementwise.json") + load("torch_kernels.json")}
+ours = load("ours_kernels.json")
+torch = {r["op"]: r for r in load("torch_kernels.json")}
 copy = next((r["rate"] for r in ours if r["op"].startswith("copy")), None)
 print("| op | odeflow | torch | odeflow / torch | odeflow / copy |")
 print("|---|---:|---:|---:|---:|")

@@ -24,9 +24,9 @@ for line in sys.stdin:
         if (kind == "lib" and name in gpu_libs) or name.startswith("gpu_") or name == "train_cli":
             shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
-cargo build --release -p odeflow-bench --bin gpu_elementwise --bin gpu_kernels
+cargo build --release -p odeflow-bench --bin gpu_kernels
 cargo build --release -p odeflow-model --bin train
-cp target/release/gpu_elementwise target/release/gpu_kernels target/release/train "$out/"
+cp target/release/gpu_kernels target/release/train "$out/"
 strip --strip-all "$out"/* 2>/dev/null || true
 ls -la "$out"
 du -sh "$out"

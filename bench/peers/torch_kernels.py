@@ -40,7 +40,18 @@ def main():
     big = torch.empty(1 << 26, device=dev)
     t = timed(args.reps, lambda: big.clone())
     add("copy (device to device)", t, 2 * (4 << 26) / t / 1e9, "GB/s")
-    del big
+    n = 1 << 26
+    y, big16 = big.clone(), big.to(torch.bfloat16)
+    t = timed(args.reps, lambda: F.gelu(big, approximate="tanh"))
+    add("gelu fwd f32", t, 2 * n * 4 / t / 1e9, "GB/s")
+    t = timed(args.reps, lambda: F.gelu(big16, approximate="tanh"))
+    add("gelu fwd bf16", t, 2 * n * 2 / t / 1e9, "GB/s")
+    gelu_bwd = torch.ops.aten.gelu_backward
+    t = timed(args.reps, lambda: gelu_bwd(y, big, approximate="tanh"))
+    add("gelu bwd f32", t, 3 * n * 4 / t / 1e9, "GB/s")
+    t = timed(args.reps, lambda: big + y)
+    add("add f32", t, 3 * n * 4 / t / 1e9, "GB/s")
+    del big, y, big16
     s = 4096
     for dtype, label in [(torch.bfloat16, "gemm bf16 4096^3"), (torch.float32, "gemm f32 4096^3")]:
         a = torch.randn(s, s, device=dev, dtype=dtype)

@@ -22,3 +22,10 @@ pub fn reps_arg(default: usize) -> usize {
         None => default,
     }
 }
+
+/// The value after `flag` on the command line (`--json out.json`), if the flag is there.
+pub fn arg_value(flag: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    let i = args.iter().position(|a| a == flag)?;
+    args.get(i + 1).cloned()
+}

@@ -1,6 +1,7 @@
 //! GPU: the core kernels against the yardsticks issue 8 sets, measured in one run on one
 //! device: the GEMM in TFLOP/s (bf16 tensor cores and f32), and the memory-bound kernels
-//! (LayerNorm, softmax, cross-entropy, AdamW) in GB/s as a fraction of a device-to-device copy.
+//! (GELU, add, LayerNorm, softmax, cross-entropy, AdamW) in GB/s as a fraction of a
+//! device-to-device copy.
 //! `bench/peers/torch_kernels.py` measures PyTorch on the same shapes; `bench/gpu/check.sh`
 //! prints the two side by side.
 //!
@@ -8,13 +9,14 @@
 //! cargo run --release -p odeflow-bench --bin gpu_kernels [-- --reps 20] [--json out.json]
 //! ```
 //!
-//! Shapes (GPT-2-small-like): GEMM 4096^3; LayerNorm and softmax over [16384, 768] and
+//! Shapes (GPT-2-small-like): elementwise ops over 2^26 elements; GEMM 4096^3; LayerNorm and
+//! softmax over [16384, 768] and
 //! [16384, 1024]; cross-entropy [8192, 50257] bf16 logits; AdamW over 124M f32 parameters.
 //! Bytes counted: what the kernel must read and write once (inputs, outputs, statistics).
 //! Times: one warm-up, then the mean of `--reps` launches between two synchronisations.
 //! Without a GPU this prints the driver error and exits 1.
 
-use odeflow_kernels::elementwise::ElemType;
+use odeflow_kernels::elementwise::{self, Activation, Binary, ElemType};
 use odeflow_kernels::gemm::{self, GemmKernel, GemmShape};
 use odeflow_kernels::optim::{self, AdamWStep};
 use odeflow_kernels::{norm, softmax, DeviceBuffer, Gpu};
@@ -33,12 +35,7 @@ struct Row {
 
 fn main() {
     let reps = odeflow_bench::reps_arg(20);
-    let args: Vec<String> = std::env::args().collect();
-    let json = args
-        .iter()
-        .position(|a| a == "--json")
-        .and_then(|i| args.get(i + 1).cloned());
-    if let Err(e) = run(reps, json) {
+    if let Err(e) = run(reps, odeflow_bench::arg_value("--json")) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -87,7 +84,36 @@ fn run(reps: usize, json: Option<String>) -> Result<()> {
         Ok(())
     })?;
     bandwidth(&mut rows, "copy (device to device)", 2 * (4 << 26), t);
-    drop(big);
+
+    // elementwise, over the same 2^26 elements: GELU forward (f32, bf16) and backward, add
+    let n = 1 << 26;
+    let y = values(&gpu, n, ElemType::F32)?;
+    let big16 = values(&gpu, n, ElemType::Bf16)?;
+    let gelu = |ty, x: &DeviceBuffer| elementwise::activation_fwd(Activation::Gelu, ty, x, n);
+    let t = time(&gpu, reps, || {
+        gelu(ElemType::F32, &big).map(drop).map_err(Into::into)
+    })?;
+    bandwidth(&mut rows, "gelu fwd f32", 2 * n * 4, t);
+    let t = time(&gpu, reps, || {
+        gelu(ElemType::Bf16, &big16).map(drop).map_err(Into::into)
+    })?;
+    bandwidth(&mut rows, "gelu fwd bf16", 2 * n * 2, t);
+    let t = time(&gpu, reps, || {
+        elementwise::activation_bwd(Activation::Gelu, ElemType::F32, &y, &big, n)?;
+        Ok(())
+    })?;
+    bandwidth(&mut rows, "gelu bwd f32", 3 * n * 4, t);
+    let t = time(&gpu, reps, || {
+        Ok(drop(elementwise::binary_fwd(
+            Binary::Add,
+            ElemType::F32,
+            &big,
+            &y,
+            n,
+        )?))
+    })?;
+    bandwidth(&mut rows, "add f32", 3 * n * 4, t);
+    drop((big, big16, y));
 
     // GEMM 4096^3, bf16 in and out on tensor cores, then f32
     let s = 4096;
