@@ -22,7 +22,8 @@ summary=()
 export ODEFLOW_TRAIN_BIN="$PWD/$bin/train"
 for t in "$bin"/test-*; do
     name=$(basename "$t")
-    "$t" --include-ignored --test-threads 1 > "$OUT/$name.log" 2>&1
+    # a kernel that hangs must not take the whole device call with it
+    timeout 240 "$t" --include-ignored --test-threads 1 > "$OUT/$name.log" 2>&1
     rc=$?
     line=$(grep -E "^test result" "$OUT/$name.log" | tail -1)
     summary+=("| $name | rc $rc | ${line#test result: } |")
@@ -31,8 +32,8 @@ cat "$OUT"/test-*.log > "$OUT/tests.log"
 rm -f "$OUT"/test-*.log
 
 # kernel benches, then PyTorch's side of them (same shapes, same device)
-"$bin/gpu_kernels" --json "$OUT/ours_kernels.json" > "$OUT/bench.log" 2>&1
-python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" > "$OUT/torch.log" 2>&1
+timeout 180 "$bin/gpu_kernels" --json "$OUT/ours_kernels.json" > "$OUT/bench.log" 2>&1
+timeout 180 python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" > "$OUT/torch.log" 2>&1
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
