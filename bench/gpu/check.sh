@@ -33,7 +33,8 @@ rm -f "$OUT"/test-*.log
 
 # kernel benches, then PyTorch's side of them (same shapes, same device)
 timeout 180 "$bin/gpu_kernels" --json "$OUT/ours_kernels.json" > "$OUT/bench.log" 2>&1
-timeout 180 python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" > "$OUT/torch.log" 2>&1
+timeout 180 python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" \
+    > "$OUT/torch.log" 2>&1
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo

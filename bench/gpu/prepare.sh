@@ -11,7 +11,8 @@ out=bench/gpu/bin
 rm -rf "$out" && mkdir -p "$out"
 
 # test executables, by target name (cargo prints their paths as JSON)
-cargo test --release -p odeflow-runtime -p odeflow-kernels -p odeflow-tests -p odeflow-model --no-run --message-format=json 2>/dev/null \
+crates="-p odeflow-runtime -p odeflow-kernels -p odeflow-tests -p odeflow-model"
+cargo test --release $crates --no-run --message-format=json 2>/dev/null \
     | python3 -c '
 import json, shutil, sys
 for line in sys.stdin:
