@@ -11,6 +11,7 @@
 //! chunks of rows) and combines partial results in a fixed order, so results do not depend on
 //! the number of threads or on scheduling. Training runs that resume from a checkpoint rely on it.
 
+pub mod flash;
 pub mod gemm;
 pub mod math;
 

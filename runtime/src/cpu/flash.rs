@@ -1,0 +1,628 @@
+//! Tiled ("flash") causal attention on the CPU: the result of the materialised attention of
+//! `crate::ops::attention`, computed without ever holding a [T, T] matrix.
+//!
+//! What it computes, per (batch*head) and query i, with s_ij = q_i . k_j / sqrt(hd):
+//!   out_i = sum_{j <= i} softmax_j(s_ij) v_j,    lse_i = ln sum_{j <= i} exp(s_ij)
+//!
+//! Layout: q, k, v, dout, out, dq, dk, dv are contiguous row-major [b_h, T, hd] f32 slices
+//! (b_h = B * H, the two leading dims of [B, H, T, hd] flattened); lse is [b_h, T]. These are
+//! raw-slice kernels like `gemm`: dtype, device and shape checks belong to the op that will wrap
+//! them (none does yet: nothing in the model or the tape calls this file).
+//!
+//! The forward: online softmax (Milakov and Gimelshein 2018; Dao et al. 2022, FlashAttention).
+//! The keys are visited in blocks of `block_k`. For each query we keep a running max m, a running
+//! sum l = sum_j exp(s_ij - m) and an accumulator acc = sum_j exp(s_ij - m) v_j over the keys seen
+//! so far. When a block brings a larger max m', every term exp(s - m) already summed must become
+//! exp(s - m'), which is the same term times exp(m - m'): so l and acc are multiplied by that one
+//! factor. This is an identity, not an approximation; once every key is seen, acc / l is exactly
+//! softmax(s) v and m + ln l is exactly lse, up to f32 rounding (and in a different order of
+//! summation from the reference, which is why the tests compare with a tolerance). Subtracting
+//! the running max keeps every exponent <= 0, so nothing overflows.
+//!
+//! Work split: one rayon task per (batch*head, block of `block_q` queries). Each task walks its
+//! key blocks in phases:
+//!   1. load tiles: on the CPU a block of K or V rows is already a contiguous slice, so "loading"
+//!      is slicing; nothing is copied.
+//!   2. scores: s = q k^T * scale for the [block_q, block_k] tile, -inf where the key is after
+//!      the query (causal mask).
+//!   3. online softmax: raise m, rescale l and acc by exp(m_old - m_new), turn s into exp(s - m).
+//!   4. accumulate: acc += p v_tile.
+//!   5. write back (after the last block): out = acc / l, lse = m + ln l.
+//!
+//! Causality also skips work: a key block that starts after the block's last query is masked for
+//! every query in it, so the walk stops at the diagonal block.
+//!
+//! Memory: per task, one [block_q, block_k] tile of scores (reused for the probabilities) plus
+//! block_q values of m and l; the accumulator is the task's own block of `out`. The backward adds
+//! a second tile (dS) and D [b_h, T]. Nothing grows as T^2.
+//!
+//! The backward recomputes the probabilities tile by tile from q, k and the saved lse
+//! (p_ij = exp(s_ij - lse_i), the softmax itself), so it needs no [T, T] matrix either. Its
+//! formulas are those of `attention_bwd`, with D_i = rowsum(dP * P)_i rewritten as dout_i . out_i
+//! (since dP_ij = dout_i . v_j and sum_j P_ij v_j = out_i), which costs one dot per row instead
+//! of a pass over a row of dP.
+//!
+//! Determinism: every output row is written by exactly one task, and each task sums in a fixed
+//! order, so the result does not depend on the number of threads (it does depend on the block
+//! sizes, which fix the order of summation).
+//!
+//! Test reference: the materialised `attention_fwd` / `attention_bwd` of `ops/attention.rs`, at
+//! every block size pair of the tests below.
+//!
+//! Known shortfall: no performance work yet (no benchmark, no SIMD beyond what the compiler does
+//! for `math::dot`, scalar loops for p v and the gradient updates). It is a correct CPU
+//! reference for the tiling that a GPU kernel will use, not yet a fast CPU kernel.
+
+use super::math;
+use rayon::prelude::*;
+
+/// Queries per task. A [BLOCK_Q, BLOCK_K] f32 score tile is 16 KiB; with hd = 64 the query
+/// block, the K and V tiles and the output block are 16 KiB each too: about 80 KiB in all, which
+/// stays in a core's L2 (256 KiB and up on current x86), so each key block is read from memory
+/// once per query block and reused from cache 64 times.
+pub const BLOCK_Q: usize = 64;
+/// Keys per tile; see `BLOCK_Q` for the cache budget.
+pub const BLOCK_K: usize = 64;
+
+/// The forward: out and the log-sum-exp of each query's scaled, masked scores (the backward's
+/// saved statistic). Overwrites nothing: both outputs are fresh.
+///
+/// Shapes: q, k, v [b_h, T, hd] -> out [b_h, T, hd], lse [b_h, T]
+#[allow(clippy::too_many_arguments)] // the kernel's own list: inputs, then sizes
+pub fn flash_fwd(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    b_h: usize,
+    t: usize,
+    hd: usize,
+    block_q: usize,
+    block_k: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let sizes = Sizes::checked("flash_fwd", b_h, t, hd, block_q, block_k);
+    for (name, x) in [("q", q), ("k", k), ("v", v)] {
+        sizes.check_rows("flash_fwd", name, x);
+    }
+    let mut out = vec![0.0f32; b_h * t * hd];
+    let mut lse = vec![0.0f32; b_h * t];
+    if out.is_empty() {
+        return (out, lse);
+    }
+    out.par_chunks_mut(t * hd)
+        .zip(lse.par_chunks_mut(t))
+        .enumerate()
+        .for_each(|(h, (out_h, lse_h))| {
+            let head = Head::new(q, k, v, h, t, hd);
+            out_h
+                .par_chunks_mut(block_q * hd)
+                .zip(lse_h.par_chunks_mut(block_q))
+                .enumerate()
+                .for_each(|(qb, (out_b, lse_b))| {
+                    fwd_query_block(&head, qb * block_q, block_k, out_b, lse_b)
+                });
+        });
+    (out, lse)
+}
+
+/// The backward of `flash_fwd`, one forward line at a time (S = scaled scores, P = softmax(S)):
+///   out = P v          ->  dv = P^T dout,  dP = dout v^T
+///   P = softmax(S)     ->  dS = P * (dP - D),  D_i = rowsum(dP * P)_i = dout_i . out_i
+///   S = q k^T * scale  ->  dq = dS k * scale,  dk = dS^T q * scale
+/// P is recomputed tile by tile as exp(S - lse). Returns fresh gradients (overwrites nothing).
+///
+/// Two passes, each with one task per block of the rows it writes: pass 1 per (head, key block)
+/// writes dk and dv, pass 2 per (head, query block) writes dq. Each task owns its output rows,
+/// so no two threads write the same row and nothing needs locks, atomics or per-thread partial
+/// sums. The price is computing P and dS twice (two extra tile matmuls per tile); the
+/// alternative of one sequential pass per head would leave the cores idle whenever b_h is
+/// smaller than their number, as it is for a small model or a batch of one.
+///
+/// Shapes: dout, q, k, v, out [b_h, T, hd], lse [b_h, T] -> dq, dk, dv [b_h, T, hd]
+#[allow(clippy::too_many_arguments)] // the kernel's own list: inputs, then sizes
+pub fn flash_bwd(
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    b_h: usize,
+    t: usize,
+    hd: usize,
+    block_q: usize,
+    block_k: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let sizes = Sizes::checked("flash_bwd", b_h, t, hd, block_q, block_k);
+    for (name, x) in [("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out)] {
+        sizes.check_rows("flash_bwd", name, x);
+    }
+    assert_eq!(lse.len(), b_h * t, "flash_bwd: lse must be [b_h, T]");
+    let n = b_h * t * hd;
+    let (mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0f32; n], vec![0.0f32; n]);
+    if n == 0 {
+        return (dq, dk, dv);
+    }
+    // D_i = dout_i . out_i, first: every tile of row i needs it
+    let dsum: Vec<f32> = dout
+        .par_chunks(hd)
+        .zip(out.par_chunks(hd))
+        .map(|(g, o)| math::dot(g, o))
+        .collect();
+    let saved_of = |h: usize| Saved::new(dout, lse, &dsum, h, t, hd);
+
+    // pass 1: dk, dv, one task per (head, key block)
+    dk.par_chunks_mut(t * hd)
+        .zip(dv.par_chunks_mut(t * hd))
+        .enumerate()
+        .for_each(|(h, (dk_h, dv_h))| {
+            let (head, saved) = (Head::new(q, k, v, h, t, hd), saved_of(h));
+            dk_h.par_chunks_mut(block_k * hd)
+                .zip(dv_h.par_chunks_mut(block_k * hd))
+                .enumerate()
+                .for_each(|(kb, (dk_b, dv_b))| {
+                    bwd_key_block(&head, &saved, kb * block_k, block_q, dk_b, dv_b)
+                });
+        });
+
+    // pass 2: dq, one task per (head, query block)
+    dq.par_chunks_mut(t * hd).enumerate().for_each(|(h, dq_h)| {
+        let (head, saved) = (Head::new(q, k, v, h, t, hd), saved_of(h));
+        dq_h.par_chunks_mut(block_q * hd)
+            .enumerate()
+            .for_each(|(qb, dq_b)| bwd_query_block(&head, &saved, qb * block_q, block_k, dq_b));
+    });
+    (dq, dk, dv)
+}
+
+/// The size arguments, checked once.
+struct Sizes {
+    b_h: usize,
+    t: usize,
+    hd: usize,
+}
+
+impl Sizes {
+    fn checked(op: &str, b_h: usize, t: usize, hd: usize, block_q: usize, block_k: usize) -> Self {
+        assert!(hd > 0, "{op}: head dim hd must be positive");
+        assert!(
+            block_q > 0 && block_k > 0,
+            "{op}: block sizes must be positive, got block_q {block_q}, block_k {block_k}"
+        );
+        Sizes { b_h, t, hd }
+    }
+
+    fn check_rows(&self, op: &str, name: &str, x: &[f32]) {
+        let (b_h, t, hd) = (self.b_h, self.t, self.hd);
+        assert_eq!(
+            x.len(),
+            b_h * t * hd,
+            "{op}: {name} must be [b_h, T, hd] = [{b_h}, {t}, {hd}]"
+        );
+    }
+}
+
+/// One (batch*head)'s inputs: q, k, v [T, hd], cut from the [b_h, T, hd] slices.
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    t: usize,
+    hd: usize,
+    /// 1 / sqrt(hd), the scale of the scores.
+    scale: f32,
+}
+
+impl<'a> Head<'a> {
+    fn new(q: &'a [f32], k: &'a [f32], v: &'a [f32], h: usize, t: usize, hd: usize) -> Self {
+        let rows = h * t * hd..(h + 1) * t * hd;
+        Head {
+            q: &q[rows.clone()],
+            k: &k[rows.clone()],
+            v: &v[rows],
+            t,
+            hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        }
+    }
+
+    fn q_row(&self, i: usize) -> &[f32] {
+        &self.q[i * self.hd..(i + 1) * self.hd]
+    }
+
+    fn k_row(&self, j: usize) -> &[f32] {
+        &self.k[j * self.hd..(j + 1) * self.hd]
+    }
+
+    fn v_row(&self, j: usize) -> &[f32] {
+        &self.v[j * self.hd..(j + 1) * self.hd]
+    }
+}
+
+/// One (batch*head)'s share of what the backward reads besides q, k, v.
+struct Saved<'a> {
+    /// [T, hd]
+    dout: &'a [f32],
+    /// [T]: the forward's log-sum-exp.
+    lse: &'a [f32],
+    /// [T]: D_i = dout_i . out_i.
+    dsum: &'a [f32],
+    hd: usize,
+}
+
+impl<'a> Saved<'a> {
+    fn new(
+        dout: &'a [f32],
+        lse: &'a [f32],
+        dsum: &'a [f32],
+        h: usize,
+        t: usize,
+        hd: usize,
+    ) -> Self {
+        Saved {
+            dout: &dout[h * t * hd..(h + 1) * t * hd],
+            lse: &lse[h * t..(h + 1) * t],
+            dsum: &dsum[h * t..(h + 1) * t],
+            hd,
+        }
+    }
+
+    fn dout_row(&self, i: usize) -> &[f32] {
+        &self.dout[i * self.hd..(i + 1) * self.hd]
+    }
+}
+
+/// A rectangle of the [T, T] score matrix: queries q0..q0 + rows against keys k0..k0 + cols.
+/// Its tiles are stored row-major, `cols` per row.
+#[derive(Clone, Copy)]
+struct Tile {
+    q0: usize,
+    rows: usize,
+    k0: usize,
+    cols: usize,
+}
+
+impl Tile {
+    fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+}
+
+/// One row of a row-major buffer of `width`-long rows.
+fn row_mut(buf: &mut [f32], r: usize, width: usize) -> &mut [f32] {
+    &mut buf[r * width..(r + 1) * width]
+}
+
+/// The forward for queries q0..q0 + lse_b.len() of one head: writes their out and lse rows.
+///
+/// Shapes: out_b [rows, hd], lse_b [rows]; scratch: one [rows, block_k] tile, m and l [rows]
+fn fwd_query_block(head: &Head, q0: usize, block_k: usize, out_b: &mut [f32], lse_b: &mut [f32]) {
+    let rows = lse_b.len();
+    let q_end = q0 + rows;
+    // running max and sum per query; out_b itself is the accumulator
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0.0f32; rows];
+    let mut tile_buf = vec![0.0f32; rows * block_k];
+    // causal: keys from q_end on are after every query here, so the walk stops at the diagonal
+    for k0 in (0..q_end).step_by(block_k) {
+        // load tiles: the key rows k0..k0 + cols are a slice of k and v, nothing to copy
+        let tile = Tile {
+            q0,
+            rows,
+            k0,
+            cols: block_k.min(q_end - k0),
+        };
+        let s = &mut tile_buf[..tile.len()];
+        scores_tile(head, tile, s);
+        online_softmax_step(tile, s, &mut m, &mut l, out_b, head.hd);
+        accumulate_pv(head, tile, s, out_b);
+    }
+    write_back(&m, &l, out_b, lse_b, head.hd);
+}
+
+/// s_ij = q_i . k_j * scale for the tile, -inf where key j comes after query i.
+fn scores_tile(head: &Head, tile: Tile, s: &mut [f32]) {
+    for r in 0..tile.rows {
+        let i = tile.q0 + r;
+        let q_i = head.q_row(i);
+        for (c, s_ij) in row_mut(s, r, tile.cols).iter_mut().enumerate() {
+            let j = tile.k0 + c;
+            *s_ij = if j <= i {
+                head.scale * math::dot(q_i, head.k_row(j))
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+    }
+}
+
+/// Folds a tile of scores into the running max m and sum l, rescales the accumulator to the new
+/// max, and turns the scores into exp(s - m_new), the weights `accumulate_pv` adds.
+fn online_softmax_step(
+    tile: Tile,
+    s: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    hd: usize,
+) {
+    for r in 0..tile.rows {
+        let s_r = row_mut(s, r, tile.cols);
+        // m_new is finite: every query's first tile holds key 0, which no mask hides
+        let m_new = m[r].max(math::max(s_r));
+        // on the first tile m[r] = -inf and alpha = 0, harmless since l and acc are still 0
+        let alpha = math::exp(m[r] - m_new);
+        // masked scores are -inf, so their weight exp(-inf) is exactly 0
+        s_r.iter_mut().for_each(|x| *x = math::exp(*x - m_new));
+        l[r] = alpha * l[r] + math::sum(s_r);
+        row_mut(acc, r, hd).iter_mut().for_each(|a| *a *= alpha);
+        m[r] = m_new;
+    }
+}
+
+/// acc_i += sum_j p_ij v_j over the tile's keys.
+fn accumulate_pv(head: &Head, tile: Tile, p: &[f32], acc: &mut [f32]) {
+    for r in 0..tile.rows {
+        let acc_i = row_mut(acc, r, head.hd);
+        for (c, &p_ij) in p[r * tile.cols..(r + 1) * tile.cols].iter().enumerate() {
+            axpy(p_ij, head.v_row(tile.k0 + c), acc_i);
+        }
+    }
+}
+
+/// out_i = acc_i / l_i, lse_i = m_i + ln l_i (l_i >= 1: the max term contributes exp(0)).
+fn write_back(m: &[f32], l: &[f32], out_b: &mut [f32], lse_b: &mut [f32], hd: usize) {
+    for (r, lse_i) in lse_b.iter_mut().enumerate() {
+        let inv_l = 1.0 / l[r];
+        row_mut(out_b, r, hd).iter_mut().for_each(|o| *o *= inv_l);
+        *lse_i = m[r] + l[r].ln();
+    }
+}
+
+/// y += a x.
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += a * x;
+    }
+}
+
+/// p_ij = exp(s_ij - lse_i) for the tile: the forward's softmax, recomputed (0 where masked).
+fn probs_tile(head: &Head, saved: &Saved, tile: Tile, p: &mut [f32]) {
+    scores_tile(head, tile, p);
+    for r in 0..tile.rows {
+        let lse_i = saved.lse[tile.q0 + r];
+        row_mut(p, r, tile.cols)
+            .iter_mut()
+            .for_each(|x| *x = math::exp(*x - lse_i));
+    }
+}
+
+/// ds_ij = p_ij (dp_ij - D_i) with dp_ij = dout_i . v_j, for the tile (0 where p is).
+fn dscores_tile(head: &Head, saved: &Saved, tile: Tile, p: &[f32], ds: &mut [f32]) {
+    for r in 0..tile.rows {
+        let i = tile.q0 + r;
+        let (dout_i, d_i) = (saved.dout_row(i), saved.dsum[i]);
+        let p_r = &p[r * tile.cols..(r + 1) * tile.cols];
+        for (c, (ds_ij, &p_ij)) in row_mut(ds, r, tile.cols).iter_mut().zip(p_r).enumerate() {
+            let dp_ij = math::dot(dout_i, head.v_row(tile.k0 + c));
+            *ds_ij = p_ij * (dp_ij - d_i);
+        }
+    }
+}
+
+/// dk and dv of keys k0..k0 + cols of one head: sums over the queries that see them, i >= k0.
+///
+/// Shapes: dk_b, dv_b [cols, hd]; scratch: two [block_q, cols] tiles (p and ds)
+fn bwd_key_block(
+    head: &Head,
+    saved: &Saved,
+    k0: usize,
+    block_q: usize,
+    dk_b: &mut [f32],
+    dv_b: &mut [f32],
+) {
+    let (hd, t) = (head.hd, head.t);
+    let cols = dk_b.len() / hd;
+    let mut p = vec![0.0f32; block_q * cols];
+    let mut ds = vec![0.0f32; block_q * cols];
+    // causal: queries before k0 see none of these keys, so the walk starts at k0
+    for q0 in (k0..t).step_by(block_q) {
+        let tile = Tile {
+            q0,
+            rows: block_q.min(t - q0),
+            k0,
+            cols,
+        };
+        let (p, ds) = (&mut p[..tile.len()], &mut ds[..tile.len()]);
+        probs_tile(head, saved, tile, p);
+        dscores_tile(head, saved, tile, p, ds);
+        for r in 0..tile.rows {
+            let i = q0 + r;
+            let (q_i, dout_i) = (head.q_row(i), saved.dout_row(i));
+            for c in 0..cols {
+                // dv_j += p_ij dout_i,  dk_j += ds_ij q_i * scale
+                axpy(p[r * cols + c], dout_i, row_mut(dv_b, c, hd));
+                axpy(ds[r * cols + c] * head.scale, q_i, row_mut(dk_b, c, hd));
+            }
+        }
+    }
+}
+
+/// dq of queries q0..q0 + rows of one head: sums over the keys they see, j <= i.
+///
+/// Shapes: dq_b [rows, hd]; scratch: two [rows, block_k] tiles (p and ds)
+fn bwd_query_block(head: &Head, saved: &Saved, q0: usize, block_k: usize, dq_b: &mut [f32]) {
+    let hd = head.hd;
+    let rows = dq_b.len() / hd;
+    let q_end = q0 + rows;
+    let mut p = vec![0.0f32; rows * block_k];
+    let mut ds = vec![0.0f32; rows * block_k];
+    for k0 in (0..q_end).step_by(block_k) {
+        let tile = Tile {
+            q0,
+            rows,
+            k0,
+            cols: block_k.min(q_end - k0),
+        };
+        let (p, ds) = (&mut p[..tile.len()], &mut ds[..tile.len()]);
+        probs_tile(head, saved, tile, p);
+        dscores_tile(head, saved, tile, p, ds);
+        for r in 0..rows {
+            let dq_i = row_mut(dq_b, r, hd);
+            for c in 0..tile.cols {
+                // dq_i += ds_ij k_j * scale
+                axpy(ds[r * tile.cols + c] * head.scale, head.k_row(k0 + c), dq_i);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::attention::{attention_bwd, attention_fwd};
+    use crate::{DType, Rng, Tensor};
+
+    /// Batch and heads of every test case: b_h = 4 heads, enough to catch a head-offset slip.
+    const B: usize = 2;
+    const H: usize = 2;
+    /// 1 runs the online softmax once per key; 7 and 16 leave ragged last blocks; 64 is the
+    /// default and exceeds the short sequences.
+    const BLOCKS: [usize; 4] = [1, 7, 16, 64];
+    /// 1: a single key; 100 and 130: not multiples of any block above 1.
+    const LENGTHS: [usize; 5] = [1, 5, 64, 100, 130];
+    const HEAD_DIMS: [usize; 2] = [8, 16];
+
+    /// Pass bar: max |got - want| <= REL_TOL * max(max |want|, 1). Both sides sum the same terms
+    /// in f32 in different orders (blocks of keys against whole rows), so they differ by the
+    /// rounding of a sum of up to T = 130 terms: a few dozen f32 epsilons (1.2e-7) at worst,
+    /// and 1e-5 is about 84 of them (the worst seen is about 5e-7, at T = 100). The floor of 1,
+    /// the scale of the unit-normal inputs, is for gradients that are exactly 0 (T = 1: a
+    /// softmax over one score has zero derivative, so dq = dk = 0) where both sides hold only
+    /// rounding noise.
+    const REL_TOL: f32 = 1e-5;
+
+    fn values(x: &Tensor) -> Vec<f32> {
+        x.to_vec::<f32>().unwrap()
+    }
+
+    fn randn(shape: &[usize], rng: &mut Rng) -> Tensor {
+        Tensor::randn(shape, 0.0, 1.0, DType::F32, rng)
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let magnitude = want.iter().fold(1.0f32, |m, w| m.max(w.abs()));
+        let (worst_at, worst) = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .enumerate()
+            .fold(
+                (0, 0.0f32),
+                |best, (i, e)| if e > best.1 { (i, e) } else { best },
+            );
+        assert!(
+            worst <= REL_TOL * magnitude,
+            "{what}: element {worst_at}: got {}, want {}, error {worst:.3e} > {:.3e}",
+            got[worst_at],
+            want[worst_at],
+            REL_TOL * magnitude
+        );
+    }
+
+    /// The reference's log-sum-exp, read off its probabilities: p_ij = exp(s_ij - lse_i), so
+    /// lse_i = s_ij - ln p_ij for any unmasked j; the largest p_ij keeps ln well conditioned.
+    fn lse_from_probs(
+        q: &[f32],
+        k: &[f32],
+        probs: &[f32],
+        b_h: usize,
+        t: usize,
+        hd: usize,
+    ) -> Vec<f32> {
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut lse = Vec::with_capacity(b_h * t);
+        for h in 0..b_h {
+            for i in 0..t {
+                let p_i = &probs[(h * t + i) * t..(h * t + i + 1) * t];
+                let j = (0..t).fold(0, |best, j| if p_i[j] > p_i[best] { j } else { best });
+                let q_i = &q[(h * t + i) * hd..(h * t + i + 1) * hd];
+                let k_j = &k[(h * t + j) * hd..(h * t + j + 1) * hd];
+                let s_ij: f64 = q_i
+                    .iter()
+                    .zip(k_j)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum();
+                lse.push((s_ij * scale - (p_i[j] as f64).ln()) as f32);
+            }
+        }
+        lse
+    }
+
+    #[test]
+    fn flash_matches_materialised_attention_at_every_block_size() {
+        let mut rng = Rng::new(9);
+        for t in LENGTHS {
+            for hd in HEAD_DIMS {
+                let shape = [B, H, t, hd];
+                let (q, k, v, dout) = (
+                    randn(&shape, &mut rng),
+                    randn(&shape, &mut rng),
+                    randn(&shape, &mut rng),
+                    randn(&shape, &mut rng),
+                );
+                let (out_ref, probs) = attention_fwd(&q, &k, &v).unwrap();
+                let (dq_ref, dk_ref, dv_ref) = attention_bwd(&dout, &q, &k, &v, &probs).unwrap();
+                let (q, k, v, dout) = (values(&q), values(&k), values(&v), values(&dout));
+                let lse_ref = lse_from_probs(&q, &k, &values(&probs), B * H, t, hd);
+                for block_q in BLOCKS {
+                    for block_k in BLOCKS {
+                        let case = format!("T {t}, hd {hd}, block_q {block_q}, block_k {block_k}");
+                        let b_h = B * H;
+                        let (out, lse) = flash_fwd(&q, &k, &v, b_h, t, hd, block_q, block_k);
+                        assert_close(&out, &values(&out_ref), &format!("out, {case}"));
+                        assert_close(&lse, &lse_ref, &format!("lse, {case}"));
+                        let (dq, dk, dv) =
+                            flash_bwd(&dout, &q, &k, &v, &out, &lse, b_h, t, hd, block_q, block_k);
+                        assert_close(&dq, &values(&dq_ref), &format!("dq, {case}"));
+                        assert_close(&dk, &values(&dk_ref), &format!("dk, {case}"));
+                        assert_close(&dv, &values(&dv_ref), &format!("dv, {case}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keys and values after position `last` are replaced by large different values: the
+    /// outputs of queries 0..=last must not move at all. Equality is exact, not approximate:
+    /// a masked score is -inf, its weight exp(-inf) is exactly 0, and 0 * v adds exactly 0.
+    #[test]
+    fn keys_after_the_query_have_no_influence() {
+        let (b_h, t, hd, last) = (3, 100, 8, 40);
+        let mut rng = Rng::new(10);
+        let shape = [b_h, t, hd];
+        let (q, k, v) = (
+            values(&randn(&shape, &mut rng)),
+            values(&randn(&shape, &mut rng)),
+            values(&randn(&shape, &mut rng)),
+        );
+        let perturb = |x: &[f32], rng: &mut Rng| -> Vec<f32> {
+            let mut y = x.to_vec();
+            for row in y.chunks_mut(hd).enumerate().filter(|(r, _)| r % t > last) {
+                row.1.iter_mut().for_each(|e| *e = 100.0 * rng.normal());
+            }
+            y
+        };
+        let (k2, v2) = (perturb(&k, &mut rng), perturb(&v, &mut rng));
+        for block in [7, 16, BLOCK_Q] {
+            let (out, lse) = flash_fwd(&q, &k, &v, b_h, t, hd, block, block);
+            let (out2, lse2) = flash_fwd(&q, &k2, &v2, b_h, t, hd, block, block);
+            for h in 0..b_h {
+                let rows = h * t..h * t + last + 1;
+                assert_eq!(lse[rows.clone()], lse2[rows.clone()], "lse, block {block}");
+                let elems = rows.start * hd..rows.end * hd;
+                assert_eq!(out[elems.clone()], out2[elems], "out, block {block}");
+            }
+        }
+    }
+}
