@@ -187,7 +187,8 @@ impl Op {
                     norm::layer_norm_bwd(dy, &x, weight.as_ref(), has_bias, &mean, &rstd)?;
                 [Some(dx), dw, db].into_iter().flatten().collect()
             }
-            // y = x * rstd * w  ->  dx = rstd * (g - xhat * mean(g * xhat)), dw = sum_rows(dy * xhat)
+            // y = x * rstd * w  ->  dx = rstd * (g - xhat * mean(g * xhat)),
+            //                      dw = sum_rows(dy * xhat)
             Op::RmsNorm { x, weight, rstd } => {
                 let (dx, dw) = norm::rms_norm_bwd(dy, &x, weight.as_ref(), &rstd)?;
                 [Some(dx), dw].into_iter().flatten().collect()

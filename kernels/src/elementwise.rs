@@ -123,9 +123,10 @@ pub fn activation_fwd_into(
     let f = gpu.function(Module::Elementwise, name)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(y.slice_mut()).arg(x.slice()).arg(&n);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, u64 n), in that order; both
+    // The arguments are the kernel's (T* y, const T* x, u64 n), in that order; both
     // buffers hold at least n elements of T (checked above) and are distinct (one is borrowed
     // mutably); the kernel reads and writes only indices below n.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -245,8 +246,9 @@ pub fn affine_fwd_into(
         .arg(&mul)
         .arg(&add)
         .arg(&n);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, float mul, float add, u64 n);
+    // The arguments are the kernel's (T* y, const T* x, float mul, float add, u64 n);
     // both buffers hold n elements of T (checked) and are distinct; indices stay below n.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -296,8 +298,9 @@ pub fn causal_mask_fwd_into(
         .arg(&value)
         .arg(&t)
         .arg(&n);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, float value, u64 t, u64 n);
+    // The arguments are the kernel's (T* y, const T* x, float value, u64 t, u64 n);
     // both buffers hold n elements of T (checked) and are distinct; indices stay below n.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -323,9 +326,10 @@ fn launch3(
         .arg(a.slice())
         .arg(b.slice())
         .arg(&n);
-    // SAFETY: every kernel launched here has the signature (T* out, const T* a, const T* b,
+    // Every kernel launched here has the signature (T* out, const T* a, const T* b,
     // u64 n), the callers check each buffer holds n elements of T, `out` is borrowed mutably so
     // it aliases neither input, and the kernel touches indices below n only.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

@@ -170,11 +170,12 @@ fn launch(
         .arg(input.slice())
         .arg(ids.slice());
     launch.arg(&n).arg(&vocab).arg(&d);
-    // SAFETY: every kernel launched here has the signature (Out* out, const In* input,
+    // Every kernel launched here has the signature (Out* out, const In* input,
     // const u32* ids, u64 n, u64 vocab, u64 d); the callers check that out and input hold their
     // [n, D] or [V, D] elements and ids n u32s; out is borrowed mutably, so it aliases neither
     // input; the kernels read ids[i] for i < n only, and skip any id >= V before indexing the
     // table, so no row outside [V, D] is touched whatever the ids hold.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

@@ -318,13 +318,14 @@ pub fn gemm_into(
     launch.arg(&alpha).arg(&beta).arg(&m).arg(&n).arg(&k);
     launch.arg(&trans_a).arg(&trans_b);
     launch.arg(&strides.0).arg(&strides.1).arg(&strides.2);
-    // SAFETY: the arguments are the kernel's (TC* c, const T* a, const T* b, float alpha,
+    // The arguments are the kernel's (TC* c, const T* a, const T* b, float alpha,
     // float beta, int m, int n, int k, int trans_a, int trans_b, u64 stride_a, u64 stride_b,
     // u64 stride_c), in that order and of those types, with T and TC the kernel's input and
     // output types. The checks above proved m, n, k fit an int and each buffer holds its
     // operand's last batch entry at its stride, which bounds every address the kernel forms (it
     // guards rows, columns and k past the edges); C's batch entries do not overlap, and C is
     // borrowed mutably, so it aliases neither input.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

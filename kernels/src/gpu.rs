@@ -17,8 +17,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Whether the CUDA driver library can be loaded on this machine.
 pub fn driver_present() -> bool {
-    // SAFETY: only tries to open libcuda with the dynamic loader and closes it again; no CUDA
+    // Only tries to open libcuda with the dynamic loader and closes it again; no CUDA
     // function is called.
+    // SAFETY: sound for the reasons just given.
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
@@ -115,8 +116,9 @@ impl Gpu {
     /// A new driver allocation of `class` bytes; when the device is full, the cache is handed
     /// back to the driver and the allocation tried once more.
     fn fresh(self: &Arc<Self>, class: usize) -> Result<CudaSlice<u8>> {
-        // SAFETY: the memory is uninitialised; `alloc`'s contract makes its user write it
+        // The memory is uninitialised; `alloc`'s contract makes its user write it
         // before reading it (every launcher writes its whole output; uploads fill it).
+        // SAFETY: sound for the reasons just given.
         let first = unsafe { self.stream.alloc::<u8>(class) };
         match first {
             Ok(slice) => Ok(slice),

@@ -119,9 +119,10 @@ pub fn cast_fwd_into(y: &mut DeviceBuffer, cast: Cast, x: &DeviceBuffer, n: usiz
     let f = gpu.function(Module::Layout, name)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(y.slice_mut()).arg(x.slice()).arg(&n);
-    // SAFETY: the arguments are the kernel's (To* y, const From* x, u64 n), in that order; y
+    // The arguments are the kernel's (To* y, const From* x, u64 n), in that order; y
     // holds n elements of the target type and x n of the source type (checked above); they are
     // distinct (y is borrowed mutably); the kernel touches indices below n only.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -168,9 +169,10 @@ pub fn transpose_fwd_into(
         .arg(x.slice())
         .arg(&rows)
         .arg(&cols);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, u64 rows, u64 cols); both
+    // The arguments are the kernel's (T* y, const T* x, u64 rows, u64 cols); both
     // buffers hold batch R C elements of T (checked), and y is borrowed mutably so it is not x.
     // Block z handles matrix z < batch, and every index is bounds-checked against R and C.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

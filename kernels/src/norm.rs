@@ -238,11 +238,12 @@ pub fn layer_norm_fwd_into(
     arg_or_null(&mut launch, weight);
     arg_or_null(&mut launch, bias);
     launch.arg(&rows).arg(&d).arg(&eps);
-    // SAFETY: the arguments are the kernel's (T* y, float* mean, float* rstd, const T* x,
+    // The arguments are the kernel's (T* y, float* mean, float* rstd, const T* x,
     // const T* weight, const T* bias, u64 rows, u64 d, float eps), in that order; y and x hold
     // rows * D values of T, mean and rstd rows floats, weight and bias D values or are null
     // (which the kernel reads as 1 and 0), all checked above; the outputs are borrowed mutably,
     // so they alias nothing; warps past the last row return before touching memory.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -302,10 +303,11 @@ pub fn rms_norm_fwd_into(
         .arg(x.slice());
     arg_or_null(&mut launch, weight);
     launch.arg(&rows).arg(&d).arg(&eps);
-    // SAFETY: the arguments are the kernel's (T* y, float* rstd, const T* x, const T* weight,
+    // The arguments are the kernel's (T* y, float* rstd, const T* x, const T* weight,
     // u64 rows, u64 d, float eps); y and x hold rows * D values of T, rstd rows floats, weight
     // D values or is null (read as 1), all checked above; the outputs alias nothing (borrowed
     // mutably); warps past the last row return at once.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -398,10 +400,11 @@ pub fn layer_norm_bwd_into(
             .arg(rstd.slice())
             .arg(&rows)
             .arg(&d);
-        // SAFETY: the arguments are the kernel's (T* dx, const T* dy, const T* x,
+        // The arguments are the kernel's (T* dx, const T* dy, const T* x,
         // const T* weight, const float* mean, const float* rstd, u64 rows, u64 d); dx, dy, x
         // hold rows * D values of T, mean and rstd rows floats, weight D values or is null
         // (read as 1), all checked above; dx is borrowed mutably, so it aliases no input.
+        // SAFETY: sound for the reasons just given.
         unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     }
     if dweight.is_some() || dbias.is_some() {
@@ -467,10 +470,11 @@ pub fn rms_norm_bwd_into(
         launch.arg(dx.slice_mut()).arg(dy.slice()).arg(x.slice());
         arg_or_null(&mut launch, weight);
         launch.arg(rstd.slice()).arg(&rows).arg(&d);
-        // SAFETY: the arguments are the kernel's (T* dx, const T* dy, const T* x,
+        // The arguments are the kernel's (T* dx, const T* dy, const T* x,
         // const T* weight, const float* rstd, u64 rows, u64 d); dx, dy, x hold rows * D values
         // of T, rstd rows floats, weight D values or is null (read as 1), all checked above;
         // dx is borrowed mutably, so it aliases no input.
+        // SAFETY: sound for the reasons just given.
         unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     }
     if dweight.is_some() {
@@ -514,11 +518,12 @@ fn dparams_into(
             .arg(&rows)
             .arg(&d)
             .arg(&rows_per_chunk);
-        // SAFETY: the arguments are the kernel's (float* partial, const T* dy, const T* x,
+        // The arguments are the kernel's (float* partial, const T* dy, const T* x,
         // const float* mean, const float* rstd, u64 rows, u64 d, u64 rows_per_chunk); partial
         // was allocated for 2 * chunks * D floats and grid.y = chunks; dy, x, mean (or null),
         // rstd were checked by the caller; chunk c reads rows below min(rows, (c + 1) *
         // rows_per_chunk) and columns below D only.
+        // SAFETY: sound for the reasons just given.
         unsafe { launch.launch(partial_cfg) }.map_err(cuda("cuLaunchKernel"))?;
     }
     let f = gpu.function(Module::Norm, dparams_sum_kernel(ty))?;
@@ -526,10 +531,11 @@ fn dparams_into(
     out_or_null(&mut launch, dweight);
     out_or_null(&mut launch, dbias);
     launch.arg(partial.slice()).arg(&chunks).arg(&d);
-    // SAFETY: the arguments are the kernel's (T* dweight, T* dbias, const float* partial,
+    // The arguments are the kernel's (T* dweight, T* dbias, const float* partial,
     // u64 chunks, u64 d); dweight and dbias hold D values of T (checked by the caller) or are
     // null (not written); partial holds 2 * chunks * D floats, written by the first pass
     // earlier on the same stream.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg.sum) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

@@ -100,11 +100,12 @@ pub fn adamw_update(
         .arg(&c2)
         .arg(&h.grad_scale);
     launch.arg(&n);
-    // SAFETY: the arguments are the kernel's (float* param, float* m, float* v, const G* grad,
+    // The arguments are the kernel's (float* param, float* m, float* v, const G* grad,
     // float lr, beta1, beta2, eps, weight_decay, correction1, correction2, grad_scale, u64 n),
     // in that order; param, m, v hold n f32s and grad n elements of G (checked above); the three
     // updated buffers are distinct `&mut` borrows and grad is a shared one, so none aliases
     // another; the kernel touches indices below n only.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

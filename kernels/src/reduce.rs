@@ -91,9 +91,10 @@ pub fn sum_fwd_into(
     let f = gpu.function(Module::Reduce, name)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(y.slice_mut()).arg(x.slice()).arg(&rows).arg(&d);
-    // SAFETY: the arguments are the kernel's (float* y, const T* x, u64 rows, u64 d); y holds
+    // The arguments are the kernel's (float* y, const T* x, u64 rows, u64 d); y holds
     // rows f32s and x rows D elements of T (checked above); y is borrowed mutably, so it is not
     // x; block b writes y[r] only for its rows r < rows and reads x below rows D.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -126,9 +127,10 @@ pub fn sum_squares_into(out: &mut DeviceBuffer, x: &DeviceBuffer, n: usize) -> R
     let f = gpu.function(Module::Reduce, SUMSQ_KERNEL)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(partials.slice_mut()).arg(x.slice()).arg(&n);
-    // SAFETY: the arguments are the kernel's (float* partials, const float* x, u64 n); x holds
+    // The arguments are the kernel's (float* partials, const float* x, u64 n); x holds
     // n f32s (checked above) and partials one f32 per block of the grid, the only index block b
     // writes; partials is a fresh buffer, so it is not x.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     // pass 2: one block adds the partials, as a single row (ordered after pass 1 on the stream)
     sum_fwd_into(out, ElemType::F32, &partials, 1, blocks)

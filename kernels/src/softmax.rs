@@ -125,9 +125,10 @@ pub fn softmax_fwd_into(
     let f = gpu.function(Module::Softmax, name)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(y.slice_mut()).arg(x.slice()).arg(&n);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, u64 n); both buffers hold
+    // The arguments are the kernel's (T* y, const T* x, u64 n); both buffers hold
     // rows * n values of T (checked above) and are distinct (y is borrowed mutably); block b
     // touches row b only, and there are `rows` blocks.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -179,9 +180,10 @@ pub fn softmax_bwd_into(
         .arg(dy.slice())
         .arg(y.slice())
         .arg(&n);
-    // SAFETY: the arguments are the kernel's (T* dx, const T* dy, const T* y, u64 n); the
+    // The arguments are the kernel's (T* dx, const T* dy, const T* y, u64 n); the
     // three buffers hold rows * n values of T (checked above), dx is borrowed mutably so it
     // aliases neither input; block b touches row b only, and there are `rows` blocks.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -254,11 +256,12 @@ pub fn cross_entropy_fwd_into(
         .arg(targets.slice())
         .arg(&ignore)
         .arg(&v);
-    // SAFETY: the arguments are the kernel's (float* loss, float* lse, const T* logits,
+    // The arguments are the kernel's (float* loss, float* lse, const T* logits,
     // const u32* targets, u32 ignore, u64 v); logits holds N * V values of T, targets N u32s,
     // loss and lse N floats (checked above); the outputs are borrowed mutably, so they alias
     // nothing; block i reads row i of the logits and, only when targets[i] < V, entry
     // targets[i] of it.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }
@@ -335,10 +338,11 @@ pub fn cross_entropy_bwd_into(
         .arg(&scale)
         .arg(&ignore)
         .arg(&v);
-    // SAFETY: the arguments are the kernel's (T* dlogits, const T* logits, const u32* targets,
+    // The arguments are the kernel's (T* dlogits, const T* logits, const u32* targets,
     // const float* lse, float scale, u32 ignore, u64 v); dlogits and logits hold N * V values
     // of T, targets N u32s, lse N floats (checked above); dlogits is borrowed mutably, so it
     // aliases no input; block i touches row i only, and there are N blocks.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

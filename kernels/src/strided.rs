@@ -23,8 +23,9 @@ pub struct Strided {
     rank: u32,
 }
 
-// SAFETY: `Strided` is a #[repr(C)] struct of plain integers whose layout is the CUDA struct's
+// `Strided` is a #[repr(C)] struct of plain integers whose layout is the CUDA struct's
 // (same field order and types, natural alignment), so its bytes are a valid kernel parameter.
+// SAFETY: sound for the reasons just given.
 unsafe impl DeviceRepr for Strided {}
 
 impl Strided {
@@ -160,10 +161,11 @@ pub fn strided_copy_into(
         .arg(dst)
         .arg(src)
         .arg(&n);
-    // SAFETY: the arguments are the kernel's (T* y, const T* x, Strided dst, Strided src,
+    // The arguments are the kernel's (T* y, const T* x, Strided dst, Strided src,
     // u64 n) with T of elem_bytes bytes; y holds every element dst writes and x every element
     // src reads (their extents, checked above); dst repeats no element, so no two threads
     // write one place; y is borrowed mutably, so it aliases nothing.
+    // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
     Ok(())
 }

@@ -18,7 +18,8 @@ fn growth(t: f64) -> f64 {
 }
 
 /// dx/dt = x W(t) for a row vector x [1, 2], with W(t) = growth(t) I + omega(t) J and
-/// J = [[0, 1], [-1, 0]]. I and J commute, so x(1) = x(0) exp(G) [[cos θ, sin θ], [-sin θ, cos θ]]
+/// J = [[0, 1], [-1, 0]]. I and J commute, so
+/// x(1) = x(0) exp(G) [[cos θ, sin θ], [-sin θ, cos θ]]
 /// with G = ∫ growth = sin(2)/2 and θ = ∫ omega = 3.
 fn linear_field() -> Field {
     Field {

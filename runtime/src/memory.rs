@@ -90,11 +90,13 @@ pub fn keep_freed_memory() -> bool {
         // glibc's <malloc.h>: int mallopt(int param, int value)
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_THRESHOLD: i32 = -3;
+        // SAFETY: the declaration is glibc's prototype, letter for letter.
         unsafe extern "C" {
             fn mallopt(param: i32, value: i32) -> i32;
         }
-        // SAFETY: mallopt only changes the allocator's tuning parameters; glibc documents it as
-        // safe to call at any time, and it returns 0 for a value it rejects.
+        // mallopt only changes the allocator's tuning parameters; glibc documents it as safe to
+        // call at any time, and it returns 0 for a value it rejects.
+        // SAFETY: sound for the reasons just given.
         let mmap = unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) };
         // SAFETY: as above; a tuning parameter, nothing is freed or moved.
         let trim = unsafe { mallopt(M_TRIM_THRESHOLD, i32::MAX) };

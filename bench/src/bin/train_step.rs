@@ -10,8 +10,8 @@
 //! Gradients are by plain backprop through every step, as the trainer computes them by default;
 //! `--checkpoint` recomputes each step in backward instead (`GradMode::Checkpoint`: less memory,
 //! one more forward). Each figure is the best of `--reps` steps after one warm-up step; the
-//! phases are timed separately so the table shows where a step's time goes. The PyTorch peer of this table is
-//! the training issue's work (`bench/peers/`).
+//! phases are timed separately so the table shows where a step's time goes. Its PyTorch peer is
+//! `bench/peers/torch_train_step.py`.
 
 use odeflow_autodiff::Tape;
 use odeflow_model::optim::{AdamW, OptimConfig};

@@ -15,8 +15,8 @@
 //!    and one vector-Jacobian product through it (`slopes`), at any (X, a, t).
 //! 3. **Backward solve.** The same tableau integrates (X, a) from t = 1 to 0 in reversed time
 //!    τ = 1 - t, step by step (`reversed_stage_time` says where its stages sit); g is the
-//!    quadrature sum_s b_s dt aᵀ∂F/∂θ at the stage points, added straight into the parameters'
-//!    gradient buffers. a(0) is returned as x0's gradient.
+//!    quadrature sum_s b_s dt aᵀ∂F/∂θ at the stage points, added straight into the
+//!    parameters' gradient buffers. a(0) is returned as x0's gradient.
 //!
 //! **The gradient is approximate.** It is the exact gradient of the continuous ODE, discretised;
 //! not the exact gradient of the discrete forward solve (which `Backprop` and `Checkpoint`
@@ -173,7 +173,8 @@ fn reversed_stage_time(solver: Solver, i: usize, s: usize, n: usize) -> f64 {
 }
 
 /// Phase 2, the augmented dynamics in reversed time at one point:
-/// dX/dτ = -F(X, t), da/dτ = aᵀ ∂F/∂X, and g += quad aᵀ ∂F/∂θ into the parameters' buffers.
+/// dX/dτ = -F(X, t), da/dτ = aᵀ ∂F/∂X, and g += quad aᵀ ∂F/∂θ into the parameters'
+/// buffers.
 ///
 /// Two small tapes: one records the hypernetwork W(t) (only when `quad` is not zero: a stage
 /// with b_s = 0 adds nothing to g), the other F with X and W(t) as leaves. Backpropagating a

@@ -2,6 +2,7 @@
 //! the f32 <-> bf16 casts (`kernels/cuda/layout.cu`).
 
 use super::{flat, unsupported, wrap};
+use crate::layout::contiguous_strides;
 use crate::{DType, Result, Tensor};
 use odeflow_kernels::layout::{self, Cast};
 use odeflow_kernels::strided::{self, Strided};
@@ -43,7 +44,7 @@ pub(crate) fn cat(xs: &[Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> 
     let gpu = first.buffer().gpu().clone();
     let n: usize = shape.iter().product();
     let mut y: DeviceBuffer = gpu.alloc(n * elem)?;
-    let out_strides = row_major_strides(shape);
+    let out_strides = contiguous_strides(shape);
     let mut start = 0;
     for x in xs {
         // the part's slice of the output: the output's strides, from its first element
@@ -55,13 +56,4 @@ pub(crate) fn cat(xs: &[Tensor], dim: usize, shape: &[usize]) -> Result<Tensor> 
         start += x.shape()[dim];
     }
     Ok(wrap(y, dtype, shape, first.ordinal()))
-}
-
-/// Row-major strides of `shape`, in elements.
-fn row_major_strides(shape: &[usize]) -> Vec<usize> {
-    let mut strides = vec![1; shape.len()];
-    for d in (0..shape.len().saturating_sub(1)).rev() {
-        strides[d] = strides[d + 1] * shape[d + 1];
-    }
-    strides
 }
