@@ -86,6 +86,13 @@ pub(crate) enum Op {
         v: Tensor,
         probs: Tensor,
     },
+    FlashAttention {
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        out: Tensor,
+        lse: Tensor,
+    },
     CausalMask,
     Reshape {
         x_shape: Vec<usize>,
@@ -211,6 +218,11 @@ impl Op {
             // out = softmax(mask(q kᵀ / sqrt(hd))) v  ->  see `attention_bwd` for dq, dk, dv
             Op::Attention { q, k, v, probs } => {
                 let (dq, dk, dv) = attention::attention_bwd(dy, &q, &k, &v, &probs)?;
+                vec![dq, dk, dv]
+            }
+            // the same rule, with P recomputed per tile from q, k and lse: `flash_attention_bwd`
+            Op::FlashAttention { q, k, v, out, lse } => {
+                let (dq, dk, dv) = attention::flash_attention_bwd(dy, &q, &k, &v, &out, &lse)?;
                 vec![dq, dk, dv]
             }
             // y = x off the mask, a constant on it  ->  dx = dy off the mask, 0 on it

@@ -332,10 +332,32 @@ impl Var {
         self.tape.record1("cross_entropy", &[self], saved, loss)
     }
 
-    /// Causal self-attention, materialised (the runtime's reference implementation).
+    /// Causal self-attention, tiled ("flash"): it saves out and one log-sum-exp per query, so
+    /// its memory is linear in T, and its backward recomputes the probabilities tile by tile.
+    /// Where the runtime has no tiled kernel for q (a CUDA dtype or head dim the kernel lacks,
+    /// `attention::flash_supported`) it is `attention_materialised`, the same numbers.
     ///
     /// Shapes: q, k, v [B, H, T, hd] -> [B, H, T, hd]
     pub fn attention(q: &Var, k: &Var, v: &Var) -> Result<Var> {
+        if !attention::flash_supported(&q.value) {
+            return Var::attention_materialised(q, k, v);
+        }
+        let (out, lse) = attention::flash_attention_fwd(&q.value, &k.value, &v.value)?;
+        let saved = Op::FlashAttention {
+            q: q.value.clone(),
+            k: k.value.clone(),
+            v: v.value.clone(),
+            out: out.clone(),
+            lse,
+        };
+        q.tape.record1("attention", &[q, k, v], saved, out)
+    }
+
+    /// Causal self-attention, materialised: the runtime's reference, which saves the [B, H, T,
+    /// T] probabilities. The tests hold `attention` to it.
+    ///
+    /// Shapes: q, k, v [B, H, T, hd] -> [B, H, T, hd]
+    pub fn attention_materialised(q: &Var, k: &Var, v: &Var) -> Result<Var> {
         let (out, probs) = attention::attention_fwd(&q.value, &k.value, &v.value)?;
         let saved = Op::Attention {
             q: q.value.clone(),

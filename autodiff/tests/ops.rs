@@ -235,20 +235,22 @@ proptest! {
     }
 
     #[test]
-    fn attention_fused_and_composed(b in 1usize..3, h in 1usize..3, t in 1usize..5,
-                                    hd in 1usize..5, composed in any::<bool>(),
+    fn attention_tiled_materialised_and_composed(b in 1usize..3, h in 1usize..3, t in 1usize..5,
+                                    hd in 1usize..5, which in 0usize..3,
                                     seed in any::<u64>()) {
         let shape = [b, h, t, hd];
         let qkv: Vec<Tensor> = (0..3)
             .map(|i| input(&shape, Layout::Contiguous, seed ^ i, -1.0, 1.0)).collect();
         let scale = 1.0 / (hd as f32).sqrt();
         check_grads("attention", &qkv,
-            |v| if composed {
-                // the same attention from smaller ops: exercises t(), the mask and softmax
-                let scores = v[0].matmul(&v[1].t()?)?.scale(scale)?;
-                scores.causal_mask_fill(f32::NEG_INFINITY)?.softmax()?.matmul(&v[2])
-            } else {
-                Var::attention(&v[0], &v[1], &v[2])
+            |v| match which {
+                0 => Var::attention(&v[0], &v[1], &v[2]),
+                1 => Var::attention_materialised(&v[0], &v[1], &v[2]),
+                _ => {
+                    // the same attention from smaller ops: exercises t(), the mask and softmax
+                    let scores = v[0].matmul(&v[1].t()?)?.scale(scale)?;
+                    scores.causal_mask_fill(f32::NEG_INFINITY)?.softmax()?.matmul(&v[2])
+                }
             },
             |a| r::attention(&a[0], &a[1], &a[2]), F32_TOL);
     }

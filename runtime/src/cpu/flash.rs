@@ -7,7 +7,7 @@
 //! Layout: q, k, v, dout, out, dq, dk, dv are contiguous row-major [b_h, T, hd] f32 slices
 //! (b_h = B * H, the two leading dims of [B, H, T, hd] flattened); lse is [b_h, T]. These are
 //! raw-slice kernels like `gemm`: dtype, device and shape checks belong to the op that will wrap
-//! them (none does yet: nothing in the model or the tape calls this file).
+//! them (`ops::attention::flash_attention_fwd` and `_bwd`).
 //!
 //! The forward: online softmax (Milakov and Gimelshein 2018; Dao et al. 2022, FlashAttention).
 //! The keys are visited in blocks of `block_k`. For each query we keep a running max m, a running

@@ -18,6 +18,7 @@
 
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
+pub(crate) mod flash;
 pub(crate) mod layout;
 pub(crate) mod matmul;
 pub(crate) mod optim;
