@@ -53,6 +53,7 @@
 //! for `math::dot`, scalar loops for p v and the gradient updates). It is a correct CPU
 //! reference for the tiling that a GPU kernel will use, not yet a fast CPU kernel.
 
+use super::gemm::{gemm, MatRef, Parallelism};
 use super::math;
 use rayon::prelude::*;
 
@@ -225,17 +226,25 @@ impl<'a> Head<'a> {
         }
     }
 
-    fn q_row(&self, i: usize) -> &[f32] {
-        &self.q[i * self.hd..(i + 1) * self.hd]
+    /// Rows i0..i0 + n of q as a row-major [n, hd] matrix.
+    fn q_rows(&self, i0: usize, n: usize) -> MatRef<'a> {
+        rows_of(self.q, i0, n, self.hd)
     }
 
-    fn k_row(&self, j: usize) -> &[f32] {
-        &self.k[j * self.hd..(j + 1) * self.hd]
+    /// Rows j0..j0 + n of k, [n, hd].
+    fn k_rows(&self, j0: usize, n: usize) -> MatRef<'a> {
+        rows_of(self.k, j0, n, self.hd)
     }
 
-    fn v_row(&self, j: usize) -> &[f32] {
-        &self.v[j * self.hd..(j + 1) * self.hd]
+    /// Rows j0..j0 + n of v, [n, hd].
+    fn v_rows(&self, j0: usize, n: usize) -> MatRef<'a> {
+        rows_of(self.v, j0, n, self.hd)
     }
+}
+
+/// Rows r0..r0 + n of a row-major [.., width] buffer, as a matrix (a slice: nothing is copied).
+fn rows_of(buf: &[f32], r0: usize, n: usize, width: usize) -> MatRef<'_> {
+    MatRef::row_major(&buf[r0 * width..(r0 + n) * width], n, width)
 }
 
 /// One (batch*head)'s share of what the backward reads besides q, k, v.
@@ -266,8 +275,9 @@ impl<'a> Saved<'a> {
         }
     }
 
-    fn dout_row(&self, i: usize) -> &[f32] {
-        &self.dout[i * self.hd..(i + 1) * self.hd]
+    /// Rows i0..i0 + n of dout, [n, hd].
+    fn dout_rows(&self, i0: usize, n: usize) -> MatRef<'a> {
+        rows_of(self.dout, i0, n, self.hd)
     }
 }
 
@@ -285,11 +295,31 @@ impl Tile {
     fn len(&self) -> usize {
         self.rows * self.cols
     }
+
+    /// The tile's buffer as a row-major [rows, cols] matrix.
+    fn view(self, buf: &[f32]) -> MatRef<'_> {
+        MatRef::row_major(buf, self.rows, self.cols)
+    }
+
+    /// Whether some key of the tile comes after some query of it: only the tiles that cross
+    /// the diagonal need the mask.
+    fn crosses_diagonal(self) -> bool {
+        self.k0 + self.cols > self.q0 + 1
+    }
 }
 
 /// One row of a row-major buffer of `width`-long rows.
 fn row_mut(buf: &mut [f32], r: usize, width: usize) -> &mut [f32] {
     &mut buf[r * width..(r + 1) * width]
+}
+
+/// c = a b (`accumulate` false) or c += a b, on the calling thread (each rayon task already owns
+/// a core), through the runtime's GEMM: the tile products are where the time goes.
+///
+/// Shapes: a [m, k], b [k, n], c [m, n] row-major
+fn tile_gemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], accumulate: bool) {
+    let ldc = b.cols;
+    gemm(a, b, c, ldc, accumulate, Parallelism::Sequential);
 }
 
 /// The forward for queries q0..q0 + lse_b.len() of one head: writes their out and lse rows.
@@ -314,20 +344,23 @@ fn fwd_query_block(head: &Head, q0: usize, block_k: usize, out_b: &mut [f32], ls
         let s = &mut tile_buf[..tile.len()];
         scores_tile(head, tile, s);
         online_softmax_step(tile, s, &mut m, &mut l, out_b, head.hd);
-        accumulate_pv(head, tile, s, out_b);
+        // accumulate: acc += p v_tile, [rows, cols] x [cols, hd]
+        tile_gemm(tile.view(s), head.v_rows(k0, tile.cols), out_b, true);
     }
     write_back(&m, &l, out_b, lse_b, head.hd);
 }
 
-/// s_ij = q_i . k_j * scale for the tile, -inf where key j comes after query i.
+/// s_ij = q_i . k_j * scale for the tile ([rows, hd] x [hd, cols]: q against k's rows seen as
+/// columns, k^T without a copy), then -inf where key j comes after query i.
 fn scores_tile(head: &Head, tile: Tile, s: &mut [f32]) {
+    let q_blk = head.q_rows(tile.q0, tile.rows);
+    tile_gemm(q_blk, head.k_rows(tile.k0, tile.cols).t(), s, false);
+    let masked = tile.crosses_diagonal();
     for r in 0..tile.rows {
         let i = tile.q0 + r;
-        let q_i = head.q_row(i);
         for (c, s_ij) in row_mut(s, r, tile.cols).iter_mut().enumerate() {
-            let j = tile.k0 + c;
-            *s_ij = if j <= i {
-                head.scale * math::dot(q_i, head.k_row(j))
+            *s_ij = if !masked || tile.k0 + c <= i {
+                *s_ij * head.scale
             } else {
                 f32::NEG_INFINITY
             };
@@ -336,7 +369,7 @@ fn scores_tile(head: &Head, tile: Tile, s: &mut [f32]) {
 }
 
 /// Folds a tile of scores into the running max m and sum l, rescales the accumulator to the new
-/// max, and turns the scores into exp(s - m_new), the weights `accumulate_pv` adds.
+/// max, and turns the scores into exp(s - m_new), the weights the p v product adds.
 fn online_softmax_step(
     tile: Tile,
     s: &mut [f32],
@@ -359,29 +392,12 @@ fn online_softmax_step(
     }
 }
 
-/// acc_i += sum_j p_ij v_j over the tile's keys.
-fn accumulate_pv(head: &Head, tile: Tile, p: &[f32], acc: &mut [f32]) {
-    for r in 0..tile.rows {
-        let acc_i = row_mut(acc, r, head.hd);
-        for (c, &p_ij) in p[r * tile.cols..(r + 1) * tile.cols].iter().enumerate() {
-            axpy(p_ij, head.v_row(tile.k0 + c), acc_i);
-        }
-    }
-}
-
 /// out_i = acc_i / l_i, lse_i = m_i + ln l_i (l_i >= 1: the max term contributes exp(0)).
 fn write_back(m: &[f32], l: &[f32], out_b: &mut [f32], lse_b: &mut [f32], hd: usize) {
     for (r, lse_i) in lse_b.iter_mut().enumerate() {
         let inv_l = 1.0 / l[r];
         row_mut(out_b, r, hd).iter_mut().for_each(|o| *o *= inv_l);
         *lse_i = m[r] + l[r].ln();
-    }
-}
-
-/// y += a x.
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
     }
 }
 
@@ -396,15 +412,17 @@ fn probs_tile(head: &Head, saved: &Saved, tile: Tile, p: &mut [f32]) {
     }
 }
 
-/// ds_ij = p_ij (dp_ij - D_i) with dp_ij = dout_i . v_j, for the tile (0 where p is).
+/// ds_ij = p_ij (dp_ij - D_i) * scale for the tile (0 where p is), dp = dout v^T
+/// ([rows, hd] x [hd, cols]). The scale of the scores is folded in here, so that dq and dk are
+/// plain products of this tile: dq = ds k, dk = ds^T q.
 fn dscores_tile(head: &Head, saved: &Saved, tile: Tile, p: &[f32], ds: &mut [f32]) {
+    let dout_blk = saved.dout_rows(tile.q0, tile.rows);
+    tile_gemm(dout_blk, head.v_rows(tile.k0, tile.cols).t(), ds, false);
     for r in 0..tile.rows {
-        let i = tile.q0 + r;
-        let (dout_i, d_i) = (saved.dout_row(i), saved.dsum[i]);
+        let d_i = saved.dsum[tile.q0 + r];
         let p_r = &p[r * tile.cols..(r + 1) * tile.cols];
-        for (c, (ds_ij, &p_ij)) in row_mut(ds, r, tile.cols).iter_mut().zip(p_r).enumerate() {
-            let dp_ij = math::dot(dout_i, head.v_row(tile.k0 + c));
-            *ds_ij = p_ij * (dp_ij - d_i);
+        for (ds_ij, &p_ij) in row_mut(ds, r, tile.cols).iter_mut().zip(p_r) {
+            *ds_ij = p_ij * (*ds_ij - d_i) * head.scale;
         }
     }
 }
@@ -435,15 +453,10 @@ fn bwd_key_block(
         let (p, ds) = (&mut p[..tile.len()], &mut ds[..tile.len()]);
         probs_tile(head, saved, tile, p);
         dscores_tile(head, saved, tile, p, ds);
-        for r in 0..tile.rows {
-            let i = q0 + r;
-            let (q_i, dout_i) = (head.q_row(i), saved.dout_row(i));
-            for c in 0..cols {
-                // dv_j += p_ij dout_i,  dk_j += ds_ij q_i * scale
-                axpy(p[r * cols + c], dout_i, row_mut(dv_b, c, hd));
-                axpy(ds[r * cols + c] * head.scale, q_i, row_mut(dk_b, c, hd));
-            }
-        }
+        // dv += p^T dout, dk += ds^T q: [cols, rows] x [rows, hd], the tiles read transposed
+        let dout_blk = saved.dout_rows(q0, tile.rows);
+        tile_gemm(tile.view(p).t(), dout_blk, dv_b, true);
+        tile_gemm(tile.view(ds).t(), head.q_rows(q0, tile.rows), dk_b, true);
     }
 }
 
@@ -466,13 +479,8 @@ fn bwd_query_block(head: &Head, saved: &Saved, q0: usize, block_k: usize, dq_b: 
         let (p, ds) = (&mut p[..tile.len()], &mut ds[..tile.len()]);
         probs_tile(head, saved, tile, p);
         dscores_tile(head, saved, tile, p, ds);
-        for r in 0..rows {
-            let dq_i = row_mut(dq_b, r, hd);
-            for c in 0..tile.cols {
-                // dq_i += ds_ij k_j * scale
-                axpy(ds[r * tile.cols + c] * head.scale, head.k_row(k0 + c), dq_i);
-            }
-        }
+        // dq += ds k: [rows, cols] x [cols, hd]
+        tile_gemm(tile.view(ds), head.k_rows(k0, tile.cols), dq_b, true);
     }
 }
 
