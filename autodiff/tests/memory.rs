@@ -99,3 +99,51 @@ fn checkpointing_cuts_the_peak_of_a_training_step() {
         "checkpointed peak {checkpointed} B is not below half the recorded {plain} B"
     );
 }
+
+/// The tape's attention keeps out and one f32 log-sum-exp per query for its backward, and its
+/// backward never holds more than a few [B, H, T, hd] tensors: memory linear in T. The
+/// materialised reference keeps the [B, H, T, T] probabilities, which the same accounting sees.
+#[test]
+fn attention_saves_memory_linear_in_t() {
+    let _serial = serial();
+    let (b, h, hd) = (1, 2, 16);
+    for t in [256, 512] {
+        let mut rng = Rng::new(t as u64);
+        let shape = [b, h, t, hd];
+        let qkv: Vec<Tensor> = (0..3)
+            .map(|_| Tensor::randn(&shape, 0.0, 1.0, DType::F32, &mut rng))
+            .collect();
+        let head_bytes = b * h * t * hd * F32;
+        for materialised in [false, true] {
+            let tape = Tape::new();
+            let v: Vec<_> = qkv.iter().map(|x| tape.leaf(x.clone())).collect();
+            let (y, usage) = memory::measure(|| {
+                if materialised {
+                    odeflow_autodiff::Var::attention_materialised(&v[0], &v[1], &v[2])
+                } else {
+                    odeflow_autodiff::Var::attention(&v[0], &v[1], &v[2])
+                }
+                .unwrap()
+            });
+            let saved = usage.retained - head_bytes; // what is kept beside the output
+            let want = if materialised {
+                b * h * t * t * F32
+            } else {
+                b * h * t * F32
+            };
+            assert_eq!(
+                saved, want,
+                "T {t}, materialised {materialised}: saved bytes"
+            );
+            if !materialised {
+                let (_, bwd) = memory::measure(|| tape.backward(&y.sum_all().unwrap()).unwrap());
+                // the loss scalar, the seed's broadcast, dq, dk, dv: nothing T x T
+                assert!(
+                    bwd.peak <= 4 * head_bytes + F32,
+                    "T {t}: the backward peaked at {} bytes, over 4 x {head_bytes} + 4",
+                    bwd.peak
+                );
+            }
+        }
+    }
+}

@@ -170,3 +170,88 @@ pub fn flash_attention_bwd(
         Device::Cuda(_) => crate::cuda::flash::flash_bwd(dout, q, k, v, out, lse),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let (a, b) = (a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// The model hands attention permuted views ([B, T, H, hd] read as [B, H, T, hd]); the tiled
+    /// op must read them as the reference does. Tolerance: f32 sums in another order (see
+    /// `cpu/flash.rs`, whose tests cover block sizes and ragged T on contiguous slices).
+    #[test]
+    fn tiled_op_matches_the_reference_on_permuted_views() {
+        let mut rng = Rng::new(3);
+        let (b, t, h, hd) = (2, 70, 3, 8);
+        let view = |rng: &mut Rng| {
+            Tensor::randn(&[b, t, h, hd], 0.0, 1.0, DType::F32, rng)
+                .permute(&[0, 2, 1, 3])
+                .unwrap()
+        };
+        let (q, k, v, dout) = (
+            view(&mut rng),
+            view(&mut rng),
+            view(&mut rng),
+            view(&mut rng),
+        );
+        assert!(!q.is_contiguous());
+        let (out_ref, probs) = attention_fwd(&q, &k, &v).unwrap();
+        let (out, lse) = flash_attention_fwd(&q, &k, &v).unwrap();
+        assert_eq!(lse.shape(), &[b, h, t]);
+        assert!(max_diff(&out, &out_ref) < 1e-5);
+        let grads_ref = attention_bwd(&dout, &q, &k, &v, &probs).unwrap();
+        let grads = flash_attention_bwd(&dout, &q, &k, &v, &out, &lse).unwrap();
+        for (got, want) in [
+            (&grads.0, &grads_ref.0),
+            (&grads.1, &grads_ref.1),
+            (&grads.2, &grads_ref.2),
+        ] {
+            assert!(max_diff(got, want) < 1e-5);
+        }
+    }
+
+    #[test]
+    fn tiled_backward_refuses_an_lse_of_the_wrong_shape() {
+        let mut rng = Rng::new(4);
+        let x = Tensor::randn(&[1, 2, 5, 4], 0.0, 1.0, DType::F32, &mut rng);
+        let lse = Tensor::zeros(&[1, 2, 4], DType::F32);
+        let err = flash_attention_bwd(&x, &x, &x, &x, &x, &lse).unwrap_err();
+        assert!(
+            err.to_string().contains("lse must be f32 [B, H, T]"),
+            "{err}"
+        );
+    }
+
+    /// bf16 inputs on the CPU: the math is f32 and only the output rounds back to bf16, so it
+    /// is the f32 reference on the same (bf16-valued) inputs, rounded: within half a bf16 step
+    /// (8 significant bits: 2^-8 relative), plus the f32 summation noise.
+    #[test]
+    fn tiled_op_keeps_bf16_in_bf16_out() {
+        let mut rng = Rng::new(5);
+        let x = |rng: &mut Rng| {
+            Tensor::randn(&[1, 2, 40, 8], 0.0, 1.0, DType::F32, rng)
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        let (q, k, v) = (x(&mut rng), x(&mut rng), x(&mut rng));
+        let (out, lse) = flash_attention_fwd(&q, &k, &v).unwrap();
+        assert_eq!((out.dtype(), lse.dtype()), (DType::BF16, DType::F32));
+        let f32_of = |x: &Tensor| x.to_dtype(DType::F32).unwrap();
+        let (out_ref, _) = attention_fwd(&f32_of(&q), &f32_of(&k), &f32_of(&v)).unwrap();
+        let (got, want) = (out.to_f32_vec().unwrap(), out_ref.to_f32_vec().unwrap());
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= w.abs() * 2f32.powi(-8) + 1e-6,
+                "{g} vs {w}"
+            );
+        }
+    }
+}
