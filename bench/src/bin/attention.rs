@@ -12,8 +12,15 @@
 //! most held at once over forward and backward. The meter does not see an op's scratch buffers,
 //! which for the tiled kernel are a few [64, 64] tiles per thread (about 50 KiB in all here).
 //!
-//! Ratios are reference / tiled: above 1 the tiled kernel is faster or smaller.
+//! A second table times the tiled backward's two schedules (`BwdSchedule`) against each other at
+//! b_h = 32 heads (B = 8, H = 4), where `flash_bwd` switches from two passes to one per head.
+//!
+//! Ratios are reference / tiled: above 1 the tiled kernel is faster or smaller. GFLOP/s counts
+//! the causal work that is needed, the convention of FlashAttention's benchmarks: the forward's
+//! two products over the lower triangle, 4 B H T^2 hd / 2 FLOPs, and the backward's five, 2.5x
+//! that; the reference computes the whole [T, T] square and masks half of it away.
 
+use odeflow_runtime::cpu::flash;
 use odeflow_runtime::memory;
 use odeflow_runtime::ops::attention::{
     attention_bwd, attention_fwd, flash_attention_bwd, flash_attention_fwd,
@@ -68,6 +75,60 @@ fn measure<S>(
     }
 }
 
+/// The forward's useful FLOPs: q k^T and p v over the lower triangle, 2 x 2 B H T^2 hd / 2.
+fn causal_fwd_flops(t: usize, hd: usize) -> f64 {
+    2.0 * (B * H * t * t * hd) as f64
+}
+
+/// The backward's two schedules on the same inputs, at b_h = 32: prints a table, returns JSON.
+fn schedules(reps: usize, rng: &mut Rng) -> Vec<serde_json::Value> {
+    let b_h = flash::PER_HEAD_MIN_HEADS;
+    let (block_q, block_k) = (flash::BLOCK_Q, flash::BLOCK_K);
+    let mut json = Vec::new();
+    println!();
+    println!("backward schedules, b_h = {b_h}");
+    println!("| hd | T | two passes ms | per head ms | two passes / per head |");
+    println!("|---:|---:|---:|---:|---:|");
+    for hd in HEAD_DIMS {
+        for t in [64, 256, 1024] {
+            let n = b_h * t * hd;
+            let mut randn = || (0..n).map(|_| rng.normal()).collect::<Vec<f32>>();
+            let (q, k, v, dout) = (randn(), randn(), randn(), randn());
+            let (out, lse) = flash::flash_fwd(&q, &k, &v, b_h, t, hd, block_q, block_k);
+            let time = |schedule| {
+                best_of(reps, || {
+                    let inputs = flash::BwdInputs {
+                        dout: &dout,
+                        q: &q,
+                        k: &k,
+                        v: &v,
+                        out: &out,
+                        lse: &lse,
+                    };
+                    let sizes = (b_h, t, hd, block_q, block_k);
+                    let (b_h, t, hd, bq, bk) = sizes;
+                    drop(flash::flash_bwd_scheduled(
+                        schedule, inputs, b_h, t, hd, bq, bk,
+                    ))
+                })
+            };
+            let two = time(flash::BwdSchedule::TwoPass);
+            let per_head = time(flash::BwdSchedule::PerHead);
+            println!(
+                "| {hd} | {t} | {:.2} | {:.2} | {:.2} |",
+                two * 1e3,
+                per_head * 1e3,
+                two / per_head
+            );
+            json.push(serde_json::json!({
+                "schedules": {"hd": hd, "t": t, "b_h": b_h,
+                              "two_pass_s": two, "per_head_s": per_head},
+            }));
+        }
+    }
+    json
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
@@ -84,9 +145,10 @@ fn main() {
     );
     println!(
         "| hd | T | fwd ms ref | fwd ms tiled | fwd ratio | bwd ms ref | bwd ms tiled \
-         | bwd ratio | saved MiB ref | saved MiB tiled | peak MiB ref | peak MiB tiled |"
+         | bwd ratio | tiled GFLOP/s fwd, bwd | saved MiB ref | saved MiB tiled \
+         | peak MiB ref | peak MiB tiled |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for hd in HEAD_DIMS {
         for t in LENGTHS {
             let shape = [B, H, t, hd];
@@ -113,15 +175,18 @@ fn main() {
                 out_bytes,
             );
             let (r, f) = (&reference, &tiled);
+            let fwd_gflop = causal_fwd_flops(t, hd) / 1e9;
             println!(
-                "| {hd} | {t} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} \
-                 | {:.2} | {:.2} |",
+                "| {hd} | {t} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}, {:.0} \
+                 | {:.2} | {:.3} | {:.2} | {:.2} |",
                 r.fwd_s * 1e3,
                 f.fwd_s * 1e3,
                 r.fwd_s / f.fwd_s,
                 r.bwd_s * 1e3,
                 f.bwd_s * 1e3,
                 r.bwd_s / f.bwd_s,
+                fwd_gflop / f.fwd_s,
+                2.5 * fwd_gflop / f.bwd_s,
                 mib(r.saved_bytes),
                 mib(f.saved_bytes),
                 mib(r.peak_bytes),
@@ -136,6 +201,7 @@ fn main() {
             }));
         }
     }
+    json.extend(schedules(reps, &mut rng));
     if let Some(path) = odeflow_bench::arg_value("--json") {
         let text = serde_json::to_string_pretty(&json).expect("json");
         if let Err(e) = std::fs::write(&path, text) {
