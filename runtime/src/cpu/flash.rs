@@ -118,6 +118,7 @@ pub fn flash_fwd(
 /// - two passes, for few heads: pass 1 per (head, key block) writes dk and dv, pass 2 per
 ///   (head, query block) writes dq. More tasks, so a batch of one still fills the cores, at the
 ///   price of recomputing P and dP in both passes: 7 tile products per tile.
+///
 /// The choice depends on b_h only, never on the thread count, so results stay independent of it.
 ///
 /// Shapes: dout, q, k, v, out [b_h, T, hd], lse [b_h, T] -> dq, dk, dv [b_h, T, hd]
