@@ -2,6 +2,8 @@
 """Compile kernels/cuda/*.cu to kernels/ptx/*.ptx with NVRTC, and check them with ptxas.
 
     python3 kernels/ptx/generate.py            # regenerate the committed PTX
+                                               # (and the workbench's: bench/flash/*.cu ->
+                                               # bench/flash/ptx/*.ptx)
     python3 kernels/ptx/generate.py kernels/cuda/norm.cu   # only these sources
     python3 kernels/ptx/generate.py --check    # fail if the committed PTX differs from a fresh one
     python3 kernels/ptx/generate.py --ptxas    # also assemble each file for sm_90, print the
@@ -25,6 +27,9 @@ import venv
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.dirname(HERE)
 SOURCES = os.path.join(KERNELS, "cuda")
+# the numbered kernel versions of the flash-attention workbench (bench/flash/README.md), compiled
+# the same way into their own folder, so --check covers them too
+WORKBENCH = os.path.join(os.path.dirname(KERNELS), "bench", "flash")
 VENV = os.path.join(HERE, ".venv")
 # the compiler, ptxas, and the CUDA headers the kernels include (cuda_bf16.h)
 WHEELS = [
@@ -110,7 +115,11 @@ class Nvrtc:
 
 
 def ptx_path(cu):
-    return os.path.join(HERE, os.path.basename(cu)[: -len(".cu")] + ".ptx")
+    """kernels/cuda/x.cu -> kernels/ptx/x.ptx; bench/flash/vN.cu -> bench/flash/ptx/vN.ptx."""
+    stem = os.path.basename(cu)[: -len(".cu")] + ".ptx"
+    if os.path.dirname(os.path.abspath(cu)) == WORKBENCH:
+        return os.path.join(WORKBENCH, "ptx", stem)
+    return os.path.join(HERE, stem)
 
 
 def ptxas_report(sp, ptx_file):
@@ -141,7 +150,8 @@ def main():
     parser.add_argument("sources", nargs="*", help="the .cu files to compile [default: all]")
     args = parser.parse_args()
     sources = [os.path.abspath(p) for p in args.sources]
-    sources = sources or sorted(glob.glob(os.path.join(SOURCES, "*.cu")))
+    every = glob.glob(os.path.join(SOURCES, "*.cu")) + glob.glob(os.path.join(WORKBENCH, "*.cu"))
+    sources = sources or sorted(every)
     sp = ensure_wheels()
     nvrtc = Nvrtc(sp)
     os.chdir(sp)  # see INCLUDE
@@ -156,10 +166,11 @@ def main():
             if committed != ptx:
                 stale.append(os.path.relpath(target, os.path.dirname(KERNELS)))
         else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             with open(target, "w") as f:
                 f.write(ptx)
         if args.ptxas:
-            print(f"{os.path.basename(target)} (sm_90):")
+            print(f"{os.path.relpath(target, os.path.dirname(KERNELS))} (sm_90):")
             for line in ptxas_report(sp, target if not args.check else write_temp(ptx)):
                 print(line)
     if stale:
