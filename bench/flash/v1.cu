@@ -58,15 +58,15 @@ typedef __nv_bfloat16 bf16;
 constexpr int MMA_M = 16;
 constexpr int MMA_N = 8;
 constexpr int MMA_K = 16;
-// 4 warps, each owning MMA_M = 16 rows of the block's tile: 64 rows per block. A [16, 64] slice of scores is
-// 32 f32 registers per thread, and the forward's [16, hd] accumulator 4 hd / 8 more; 4 warps keep that under
-// about 128 registers for hd <= 64, so 4 blocks (16 warps) fit an SM.
+// 4 warps, each owning MMA_M = 16 rows of the block's tile: 64 rows per block. A warp's [16, 64] slice of scores
+// is 32 f32 registers per thread, and the forward's [16, hd] accumulator hd / 2 more: the forward stays under 128
+// registers for hd <= 64, so 4 blocks (16 warps) fit an SM's 64K registers.
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
 constexpr int BQ = WARPS * MMA_M;  // 64 queries per block (forward, dq)
-// Keys per tile: 64, so a key tile is 8 mma columns of scores per warp, and each K or V element copied to shared
-// memory is used by 64 queries (64 flop per byte of bf16 copied: well above the H200's ridge of ~200 flop/B
-// only once L2 serves the re-reads, which it does: the K/V of one head, T x hd x 2 B x 2, fits in L2).
+// Keys per tile: 64, so a warp's slice of scores is 8 mma columns, and each K or V element copied to shared
+// memory serves the block's 64 queries. A head's K and V (T x hd x 2 B each: 256 KB at T = 2048, hd = 64) stay
+// in the 50 MB L2 while its query tiles read them, so most copies are served from L2 rather than HBM.
 constexpr int BKV = 64;
 // Rows of shared tiles are padded by 8 bf16 (16 B): a row of hd + 8 bf16 is (hd / 2 + 4) words, so the 8 rows
 // a fragment load touches start 4 banks apart and fall in distinct banks; rows stay 16-byte aligned.
