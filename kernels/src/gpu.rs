@@ -10,7 +10,8 @@
 
 use crate::error::{cuda, Error, Result};
 use crate::module::Module;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -30,6 +31,9 @@ pub struct Gpu {
     /// `Module::ALL[i]`, loaded on first use.
     modules: Vec<OnceLock<Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// PTX from outside `Module::ALL` (`extra_function`): the modules by name, and their
+    /// kernels by (module name, kernel name).
+    extra: Mutex<Extra>,
     pool: Mutex<Pool>,
 }
 
@@ -46,6 +50,7 @@ impl Gpu {
             stream,
             modules: Module::ALL.iter().map(|_| OnceLock::new()).collect(),
             functions: Mutex::new(HashMap::new()),
+            extra: Mutex::new(Extra::default()),
             pool: Mutex::new(Pool::default()),
         }))
     }
@@ -73,6 +78,16 @@ impl Gpu {
             .map_err(cuda("cuStreamSynchronize"))
     }
 
+    /// A timing mark: an event recorded on the device's stream after everything queued so far
+    /// (`Mark::ms_since` gives the device time between two marks).
+    pub fn mark(&self) -> Result<Mark> {
+        let event = self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda("cuEventRecord"))?;
+        Ok(Mark(event))
+    }
+
     /// The kernel `name` of `module`, loading the module into this device the first time.
     pub fn function(&self, module: Module, name: &'static str) -> Result<CudaFunction> {
         if let Some(f) = lock(&self.functions).get(name) {
@@ -93,6 +108,40 @@ impl Gpu {
             .load_function(name)
             .map_err(cuda("cuModuleGetFunction"))?;
         lock(&self.functions).insert(name, f.clone());
+        Ok(f)
+    }
+
+    /// The kernel `name` of a PTX text that is not one of `Module::ALL`: the numbered kernel
+    /// versions of a workbench (`bench/flash/vN.cu`), which define the same kernel names as the
+    /// module they compete with. `module` names the text: the first call with a module name
+    /// loads `ptx` into this device, and later calls with that name reuse it (and ignore `ptx`),
+    /// so one name must always go with one text. Each call that loads costs a JIT compile of the
+    /// whole text; nothing is unloaded before the device is dropped.
+    pub fn extra_function(
+        &self,
+        module: &'static str,
+        ptx: &'static str,
+        name: &'static str,
+    ) -> Result<CudaFunction> {
+        let mut extra = lock(&self.extra);
+        if let Some(f) = extra.functions.get(&(module, name)) {
+            return Ok(f.clone());
+        }
+        let loaded = match extra.modules.get(module) {
+            Some(m) => m.clone(),
+            None => {
+                let m = self
+                    .ctx
+                    .load_module(Ptx::from_src(ptx))
+                    .map_err(cuda("cuModuleLoadData"))?;
+                extra.modules.insert(module, m.clone());
+                m
+            }
+        };
+        let f = loaded
+            .load_function(name)
+            .map_err(cuda("cuModuleGetFunction"))?;
+        extra.functions.insert((module, name), f.clone());
         Ok(f)
     }
 
@@ -196,6 +245,27 @@ impl Gpu {
 /// every update is a single assignment).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An event on a device's stream, from `Gpu::mark`.
+pub struct Mark(CudaEvent);
+
+impl Mark {
+    /// Milliseconds of device time from `earlier` to this mark; waits until this mark is
+    /// reached. The driver's resolution is about half a microsecond.
+    pub fn ms_since(&self, earlier: &Mark) -> Result<f32> {
+        earlier
+            .0
+            .elapsed_ms(&self.0)
+            .map_err(cuda("cuEventElapsedTime"))
+    }
+}
+
+/// The modules and kernels `Gpu::extra_function` loaded.
+#[derive(Default)]
+struct Extra {
+    modules: HashMap<&'static str, Arc<CudaModule>>,
+    functions: HashMap<(&'static str, &'static str), CudaFunction>,
 }
 
 /// Device memory, returned to the device's cache when dropped.

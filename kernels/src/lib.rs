@@ -11,7 +11,7 @@
 //! - `launch.rs`: the launch configurations and CUDA's grid limits, pure arithmetic so the CPU
 //!   tests check them;
 //! - `check.rs`: the argument checks every launcher makes before it touches the driver;
-//! - one file of launchers per `.cu` file (`elementwise.rs`).
+//! - one file of launchers per `.cu` file (`elementwise.rs`, ..., `flash.rs`).
 //!
 //! The crate builds and its CPU tests pass on a machine with no CUDA toolkit and no GPU: the
 //! driver is loaded at run time, and `Gpu::new` without one is `Error::NoDriver` ("no CUDA
@@ -22,6 +22,7 @@ mod check;
 pub mod elementwise;
 pub mod embedding;
 mod error;
+pub mod flash;
 pub mod gemm;
 pub mod gpu;
 pub mod launch;
@@ -34,5 +35,5 @@ pub mod softmax;
 pub mod strided;
 
 pub use error::{Error, Result};
-pub use gpu::{DeviceBuffer, Gpu, MemoryStats};
+pub use gpu::{DeviceBuffer, Gpu, Mark, MemoryStats};
 pub use module::Module;

@@ -26,10 +26,12 @@ pub enum Module {
     Reduce,
     /// `kernels/cuda/strided.cu`: any strided view copied to a contiguous buffer.
     Strided,
+    /// `kernels/cuda/flash.cu`: causal flash attention, bf16, forward and backward.
+    Flash,
 }
 
 impl Module {
-    pub const ALL: [Module; 9] = [
+    pub const ALL: [Module; 10] = [
         Module::Elementwise,
         Module::Norm,
         Module::Softmax,
@@ -39,6 +41,7 @@ impl Module {
         Module::Layout,
         Module::Reduce,
         Module::Strided,
+        Module::Flash,
     ];
 
     /// The position of the module in `Module::ALL` (the device's table of loaded modules).
@@ -57,6 +60,7 @@ impl Module {
             Module::Layout => "layout",
             Module::Reduce => "reduce",
             Module::Strided => "strided",
+            Module::Flash => "flash",
         }
     }
 
@@ -72,6 +76,7 @@ impl Module {
             Module::Layout => include_str!("../ptx/layout.ptx"),
             Module::Reduce => include_str!("../ptx/reduce.ptx"),
             Module::Strided => include_str!("../ptx/strided.ptx"),
+            Module::Flash => include_str!("../ptx/flash.ptx"),
         }
     }
 
