@@ -11,10 +11,12 @@
 //! backwards; add, sub, mul with broadcasting; the affine map), `layout.rs` (`contiguous` of any
 //! view, f32 <-> bf16 casts), `matmul.rs` (the batched product on the GEMM), `rows.rs` (LayerNorm,
 //! RMSNorm, softmax, cross-entropy, forward and backward), `embedding.rs` (gather and its
-//! scatter-add), `optim.rs` (AdamW), `reduce.rs` (sum and mean over any dim, the sum of squares).
+//! scatter-add), `optim.rs` (AdamW), `reduce.rs` (sum and mean over any dim, the sum of squares),
+//! `flash.rs` (causal flash attention, forward and backward, on the tensor cores).
 //! Inputs are made dense first (`dense`); f32 and bf16 only. Still `Unsupported` on CUDA: the
 //! other unary ops (exp, log, tanh, ...), div and maximum, log-softmax, max and argmax, the
-//! attention op, and f16.
+//! flash attention in f32 or at a head dim other than 32, 64, 128 (`flash::supports` says no,
+//! and the tape keeps the materialised attention, which runs on the ops above), and f16.
 
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
