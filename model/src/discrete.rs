@@ -66,6 +66,19 @@ impl Discrete {
         &self.params
     }
 
+    /// X_0: the embeddings the layers start from, without dropout.
+    ///
+    /// Shapes: ids [B, T] (u32) -> [B, T, D]
+    pub fn embed(&self, tape: &Tape, ids: &Tensor) -> Result<Var> {
+        self.stem.embed(tape, ids, None)
+    }
+
+    /// Every layer's weights lifted onto `tape`, the first layer first (the analysis reads
+    /// them).
+    pub fn layer_weights(&self, tape: &Tape) -> Result<Vec<BlockWeights>> {
+        self.layers.iter().map(|layer| layer.lift(tape)).collect()
+    }
+
     /// Its layers are Euler steps by construction: `Model::check_input` refuses any other
     /// solver, and the adjoint modes (there is no continuous time to solve backwards in).
     ///

@@ -41,6 +41,11 @@ pub enum Error {
 
     #[error("input: {msg}")]
     Input { msg: String },
+
+    /// A step of the dynamics analysis that cannot go on (`analysis`): an eigen-decomposition
+    /// that did not converge, weights that hold NaN.
+    #[error("analysis: {msg}")]
+    Analysis { msg: String },
 }
 
 impl From<odeflow_runtime::Error> for Error {

@@ -57,6 +57,19 @@ impl Gpt2 {
         &self.params
     }
 
+    /// X_0: the embeddings the layers start from, without dropout.
+    ///
+    /// Shapes: ids [B, T] (u32) -> [B, T, D]
+    pub fn embed(&self, tape: &Tape, ids: &Tensor) -> Result<Var> {
+        self.stem.embed(tape, ids, None)
+    }
+
+    /// Every layer's weights lifted onto `tape`, the first layer first (the analysis reads
+    /// them).
+    pub fn layer_weights(&self, tape: &Tape) -> Result<Vec<BlockWeights>> {
+        self.layers.iter().map(|layer| layer.lift(tape)).collect()
+    }
+
     /// Shapes: ids [B, T] (u32) -> logits [B, T, V]
     pub fn forward(&self, tape: &Tape, ids: &Tensor, fwd: &Forward) -> Result<Var> {
         let (embed_seed, seeds) = dropout_seeds(fwd.dropout_seed, self.layers.len());

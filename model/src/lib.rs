@@ -16,10 +16,12 @@
 //! | 9 | AdamW, clipping, weight-decay masks, warmup + cosine | `optim.rs` |
 //! | 10 | re-discretisation (`to_discrete`) | `ode.rs`, `discrete.rs` |
 //! | - | safetensors checkpoints (the file format: `docs/checkpoint.md`) | `checkpoint.rs` |
+//! | 11 | spectra of the weights, token sensitivity by Lyapunov exponents | `analysis/` |
 //!
 //! `Model` (in `model.rs`) wraps every kind for the binaries; `checkpoint` reads and writes
 //! safetensors files. Read `docs/04-model.md` for the walk-through.
 
+pub mod analysis;
 pub mod block;
 pub mod checkpoint;
 pub mod config;
