@@ -11,15 +11,21 @@ set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
 bin=bench/gpu/bin
-if [ ! -d "$bin" ]; then
-    echo "no $bin: run bash bench/gpu/prepare.sh here first and carry $bin" >&2
+if [ ! -f "$bin/bundle.tar.gz" ]; then
+    echo "no $bin/bundle.tar.gz: run bash bench/gpu/prepare.sh here first and carry $bin" >&2
     exit 2
 fi
+# the binaries travel packed (see prepare.sh); unpacked outside the carried folder, so a run
+# here does not make the next carry four times larger
+unpacked=$(cd "${TMPDIR:-/tmp}" && pwd)/odeflow-gpu-bin
+rm -rf "$unpacked" && mkdir -p "$unpacked"
+tar -xzf "$bin/bundle.tar.gz" -C "$unpacked"
+bin=$unpacked
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/gpu.txt" 2>&1
 summary=()
 
 # tests: every test, ignored (GPU) ones included; the train CLI tests run the carried binary
-export ODEFLOW_TRAIN_BIN="$PWD/$bin/train"
+export ODEFLOW_TRAIN_BIN="$bin/train"
 for t in "$bin"/test-*; do
     name=$(basename "$t")
     # a kernel that hangs must not take the whole device call with it
@@ -35,6 +41,11 @@ rm -f "$OUT"/test-*.log
 timeout 180 "$bin/gpu_kernels" --json "$OUT/ours_kernels.json" > "$OUT/bench.log" 2>&1
 timeout 180 python3 bench/peers/torch_kernels.py --json "$OUT/torch_kernels.json" \
     > "$OUT/torch.log" 2>&1
+# the flash-attention workbench (each version checked against the CPU, then timed), and
+# PyTorch's flash backend on the same shapes
+timeout 120 "$bin/flash_workbench" --out "$OUT/ours_flash.json" > "$OUT/flash.log" 2>&1
+timeout 120 python3 bench/peers/torch_sdpa.py --out "$OUT/torch_sdpa.json" \
+    > "$OUT/torch_sdpa.log" 2>&1
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
@@ -64,4 +75,31 @@ for r in ours:
     vs_copy = f"{r['rate'] / copy:.2f}" if copy and r["unit"] == "GB/s" else ""
     theirs = f"{t['rate']:.1f}" if t else ""
     print(f"| {r['op']} | {r['rate']:.1f} {r['unit']} | {theirs} | {vs_torch} | {vs_copy} |")
+PY
+echo
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name)))
+    except Exception as e:
+        print(f"({name}: {e})")
+        return []
+# targets of issue 9: forward >= 0.8x, backward >= 0.6x of PyTorch's flash backend
+torch = {r["t"]: r for r in load("torch_sdpa.json")}
+print("| flash attention, B 8 H 12 hd 64 causal bf16 | T | fwd TFLOP/s | bwd TFLOP/s "
+      "| fwd / torch (>= 0.8) | bwd / torch (>= 0.6) |")
+print("|---|---:|---:|---:|---:|---:|")
+for r in load("ours_flash.json"):
+    if r["check"] != "ok":
+        print(f"| {r['version']} | | {r['check']} | | | |")
+        continue
+    t = torch.get(r["t"])
+    fwd = f"{r['fwd_tflops'] / t['fwd_tflops']:.2f}" if t else ""
+    bwd = f"{r['bwd_tflops'] / t['bwd_tflops']:.2f}" if t else ""
+    print(f"| {r['version']} | {r['t']} | {r['fwd_tflops']:.1f} | {r['bwd_tflops']:.1f} "
+          f"| {fwd} | {bwd} |")
+for t in torch.values():
+    print(f"| torch sdpa flash | {t['t']} | {t['fwd_tflops']:.1f} | {t['bwd_tflops']:.1f} | | |")
 PY

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Builds here, in release mode, everything bench/gpu/check.sh runs on the GPU machine (which has
-# no Rust toolchain): the test binaries that hold GPU tests, and the GPU benches. They go to
-# bench/gpu/bin/ (ignored by git), which the device call names in `carry`:
+# no Rust toolchain): the test binaries that hold GPU tests (gpu_flash among the gpu_* ones), and
+# the GPU benches (gpu_kernels, the flash workbench flash_workbench). They are built into
+# target/gpu-bin/ and packed into bench/gpu/bin/bundle.tar.gz (ignored by git), which the device
+# call names in `carry`:
 #
 #   bash bench/gpu/prepare.sh
 #   device run: bash bench/gpu/check.sh      carry: ["bench/gpu/bin"]
+#
+# Packed because every binary embeds the PTX of every module as text (3 MB, a third of it the flash
+# kernels'): unpacked the binaries come to more than the 64 MiB a device call carries, gzipped
+# to about a quarter of that.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=bench/gpu/bin
-rm -rf "$out" && mkdir -p "$out"
+out=target/gpu-bin
+carry=bench/gpu/bin
+rm -rf "$out" "$carry" && mkdir -p "$out" "$carry"
 
 # test executables, by target name (cargo prints their paths as JSON)
 crates="-p odeflow-runtime -p odeflow-kernels -p odeflow-tests -p odeflow-model"
@@ -25,9 +32,10 @@ for line in sys.stdin:
         if (kind == "lib" and name in gpu_libs) or name.startswith("gpu_") or name == "train_cli":
             shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
-cargo build --release -p odeflow-bench --bin gpu_kernels
+cargo build --release -p odeflow-bench --bin gpu_kernels --bin flash_workbench
 cargo build --release -p odeflow-model --bin train
-cp target/release/gpu_kernels target/release/train "$out/"
+cp target/release/gpu_kernels target/release/flash_workbench target/release/train "$out/"
 strip --strip-all "$out"/* 2>/dev/null || true
 ls -la "$out"
-du -sh "$out"
+tar -czf "$carry/bundle.tar.gz" -C "$out" .
+du -sh "$out" "$carry"
