@@ -260,9 +260,12 @@ fn check_grid(name: &str, shape: &FlashShape) -> Result<()> {
 }
 
 /// Raises the function's dynamic shared memory limit to `bytes` where the launch needs more
-/// than the default 48 KB (which is also the static limit).
-fn allow_shared(f: &CudaFunction, bytes: u32) -> Result<()> {
+/// than the default 48 KB (which is also the static limit). The driver call wants the device's
+/// context current on this thread, as a launch does.
+fn allow_shared(gpu: &Gpu, f: &CudaFunction, bytes: u32) -> Result<()> {
     if bytes as usize > MAX_STATIC_SHARED_BYTES {
+        let ctx = gpu.stream().context();
+        ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
         f.set_attribute(
             CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             bytes as i32,
@@ -321,7 +324,7 @@ pub fn flash_fwd_into(
     };
     let (gpu, t) = (q.gpu().clone(), shape.t as i32);
     let f = ptx.function(&gpu, name)?;
-    allow_shared(&f, cfg.shared_mem_bytes)?;
+    allow_shared(&gpu, &f, cfg.shared_mem_bytes)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(out.slice_mut()).arg(lse.slice_mut());
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&t);
@@ -460,7 +463,7 @@ fn launch_dkdv(
     cfg: LaunchConfig,
 ) -> Result<()> {
     let f = ptx.function(gpu, FlashKernel::Dkdv.name(shape.hd)?)?;
-    allow_shared(&f, cfg.shared_mem_bytes)?;
+    allow_shared(gpu, &f, cfg.shared_mem_bytes)?;
     let t = shape.t as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(dk.slice_mut()).arg(dv.slice_mut());
@@ -494,7 +497,7 @@ fn launch_dq(
     cfg: LaunchConfig,
 ) -> Result<()> {
     let f = ptx.function(gpu, FlashKernel::Dq.name(shape.hd)?)?;
-    allow_shared(&f, cfg.shared_mem_bytes)?;
+    allow_shared(gpu, &f, cfg.shared_mem_bytes)?;
     let t = shape.t as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(dq.slice_mut()).arg(dout.slice()).arg(q.slice());
