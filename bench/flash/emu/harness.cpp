@@ -3,13 +3,15 @@
 //
 // Inputs are rounded to bf16 once and the reference reads the same values. The backward is handed the reference's
 // out (rounded to bf16, as the forward would store it) and lse (f32), and its reference uses D = dout . out of
-// that same out, so each kernel is judged on its own rounding. The bar, element by element:
-//   |got - ref| <= 2^-8 (|ref| + mag)
+// that same out, so each kernel is judged on its own rounding. The bar, element by element, is that of
+// tests/tests/gpu_flash.rs:
+//   |got - ref| <= 2^-7 (|ref| + mag)
 // where mag is the magnitude of the terms the output sums (sum_j P_ij |v_jd| for out, sum_i P_ij |dout_id| for dv,
-// scale sum |dS| |q| and scale sum |dS| |k| for dk and dq), so 2^-8 is twice the bf16 rounding of each term (the
-// P and dS the tensor cores read, 2^-9) plus the output's own rounding. dS itself is a difference of two f32
-// dots (dP_ij - D_i) that cancel, so its magnitude also counts 2^-10 P_ij (|dout_i| . |v_j| + |dout_i| . |out_i|),
-// far above their f32 error. lse is f32: within 2^-14 (|lse| + 1).
+// scale sum |dS| |q| and scale sum |dS| |k| for dk and dq). bf16's unit roundoff is 2^-8, and an output carries at
+// most two roundings of that size, its own and that of the bf16 P or dS its last product reads, so 2^-7 is twice
+// the worst case. dS itself is a difference of two f32 dots (dP_ij - D_i) that cancel, so its magnitude also
+// counts 2^-10 P_ij (|dout_i| . |v_j| + |dout_i| . |out_i|), far above their f32 error. lse is f32: within
+// 2^-14 (|lse| + 1).
 //
 //   bash bench/flash/emu/run.sh          # every version, plain, then under ASan and TSan
 #include "emu.h"
@@ -57,7 +59,7 @@ std::vector<T> poisoned(size_t n) {
 
 int failures = 0;
 
-// |got - ref| <= 2^-8 (|ref| + mag), element by element
+// |got - ref| <= rel (|ref| + mag), element by element
 void check(const std::string& label, const std::vector<float>& got, const std::vector<double>& ref,
            const std::vector<double>& mag, double rel) {
     double worst = 0;
@@ -125,7 +127,8 @@ Reference reference(const std::vector<float>& q, const std::vector<float>& k, co
                 }
                 double pij = p[(size_t)i * t + j];
                 ds[(size_t)i * t + j] = pij * (dp - dsum);
-                mag_ds[(size_t)i * t + j] = std::fabs(ds[(size_t)i * t + j]) + std::ldexp(pij * (dp_mag + dsum_mag), -10);
+                double slack = std::ldexp(pij * (dp_mag + dsum_mag), -10);
+                mag_ds[(size_t)i * t + j] = std::fabs(ds[(size_t)i * t + j]) + slack;
             }
         }
         for (int i = 0; i < t; i++)
