@@ -165,7 +165,6 @@ fn draw_magnitude_panel(
 pub fn plot_complex(
     path: &Path,
     title: &str,
-    axis: &str,
     t_range: Range<f64>,
     panels: &[ScatterPanel],
 ) -> Result<(), PlotError> {
@@ -178,7 +177,7 @@ pub fn plot_complex(
         for (area, panel) in areas.iter().zip(panels) {
             draw_scatter_panel(area, panel, &unit)?;
         }
-        draw_colour_bar(&bar, axis, t_range.clone(), &|y| viridis(unit(y)))
+        draw_colour_bar(&bar, t_range.clone(), &|y| viridis(unit(y)))
     })
 }
 
@@ -228,7 +227,7 @@ pub fn plot_heatmap(
         let root = root.titled(title, (FONT, 20))?;
         let (main, bar) = root.split_horizontally(w - BAR_WIDTH);
         draw_heat(&main, rows, labels, limit)?;
-        draw_colour_bar(&bar, "λ", -limit..limit, &|y| exponent_colour(y, limit))
+        draw_colour_bar(&bar, -limit..limit, &|y| exponent_colour(y, limit))
     })
 }
 
@@ -280,10 +279,10 @@ fn draw_heat(
     Ok(())
 }
 
-/// A vertical gradient of `map` over `range`, with its ticks and `label`.
+/// A vertical gradient of `map` over `range`, with its ticks (the figure's title names the
+/// quantity).
 fn draw_colour_bar(
     area: &DrawingArea<BitMapBackend, Shift>,
-    label: &str,
     range: Range<f64>,
     map: &dyn Fn(f64) -> RGBColor,
 ) -> DrawResult {
@@ -293,19 +292,16 @@ fn draw_colour_bar(
         range.start - 0.5..range.end + 0.5
     };
     let mut chart = ChartBuilder::on(area)
-        .margin_top(30)
+        .margin_top(20)
         .margin_bottom(40)
-        .margin_right(8)
+        .margin_right(12)
         .y_label_area_size(52)
-        .caption(label, (FONT, 14))
         .build_cartesian_2d(0.0..1.0, range.clone())?;
     chart
         .configure_mesh()
         .disable_mesh()
         .disable_x_axis()
         .label_style((FONT, 12))
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(GRID_COLOUR)
         .draw()?;
     let step = (range.end - range.start) / BAR_SLICES as f64;
     let slices = (0..BAR_SLICES).map(|i| {

@@ -123,7 +123,7 @@ pub fn write_spectra(
         let ts = points.iter().map(|p| p.t);
         let range = ts.clone().fold(f64::INFINITY, f64::min)..ts.fold(f64::NEG_INFINITY, f64::max);
         let panels = scatter_panels(points, kind);
-        plots::plot_complex(&path, &title, axis.label(), range, &panels).map_err(plot_error)?;
+        plots::plot_complex(&path, &title, range, &panels).map_err(plot_error)?;
         written.push(path);
     }
     Ok(written)

@@ -66,8 +66,8 @@ impl MatrixKind {
     /// The product, as plot titles write it.
     pub fn formula(self) -> &'static str {
         match self {
-            MatrixKind::Qk => "W_Q^h W_K^hT",
-            MatrixKind::Ov => "W_V^h W_O^h",
+            MatrixKind::Qk => "W_Qʰ W_Kʰᵀ",
+            MatrixKind::Ov => "W_Vʰ W_Oʰ",
             MatrixKind::Mlp => "W_fc W_proj",
         }
     }
