@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Shapes: B = 2, H = 4 (b_h = 8 heads, a few per core), hd 32 (the tiny preset) and 64
-//! (GPT-2's), T from 128 to 2048. Each time is the best of `--reps` calls. Memory is the tensor
+//! (GPT-2's), T from 128 to 2048; then the tiny preset's training shape (B 12, H 4, T 64). Each time is the best of `--reps` calls. Memory is the tensor
 //! storage meter (`odeflow_runtime::memory`): "saved" is what the forward leaves for the backward
 //! besides its output (the [B, H, T, T] probabilities, or the [B, H, T] log-sum-exp), "peak" the
 //! most held at once over forward and backward. The meter does not see an op's scratch buffers,
@@ -75,9 +75,9 @@ fn measure<S>(
     }
 }
 
-/// The forward's useful FLOPs: q k^T and p v over the lower triangle, 2 x 2 B H T^2 hd / 2.
-fn causal_fwd_flops(t: usize, hd: usize) -> f64 {
-    2.0 * (B * H * t * t * hd) as f64
+/// The forward's useful FLOPs: q k^T and p v over the lower triangle, 2 x 2 b_h T^2 hd / 2.
+fn causal_fwd_flops(b_h: usize, t: usize, hd: usize) -> f64 {
+    2.0 * (b_h * t * t * hd) as f64
 }
 
 /// The backward's two schedules on the same inputs, at b_h = 32: prints a table, returns JSON.
@@ -133,74 +133,71 @@ fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
+/// One row of the main table: reference and tiled at [b, h, t, hd].
+fn compare(shape: [usize; 4], reps: usize, rng: &mut Rng) -> serde_json::Value {
+    let [b, h, t, hd] = shape;
+    let randn = |rng: &mut Rng| Tensor::randn(&shape, 0.0, 1.0, DType::F32, rng);
+    let (q, k, v, dout) = (randn(rng), randn(rng), randn(rng), randn(rng));
+    let out_bytes = q.numel() * 4;
+    let reference = measure(
+        reps,
+        || attention_fwd(&q, &k, &v).expect("reference forward"),
+        |_, probs| attention_bwd(&dout, &q, &k, &v, probs).expect("reference backward"),
+        out_bytes,
+    );
+    let tiled = measure(
+        reps,
+        || flash_attention_fwd(&q, &k, &v).expect("tiled forward"),
+        |out, lse| flash_attention_bwd(&dout, &q, &k, &v, out, lse).expect("tiled backward"),
+        out_bytes,
+    );
+    let (r, f) = (&reference, &tiled);
+    let fwd_gflop = causal_fwd_flops(b * h, t, hd) / 1e9;
+    println!(
+        "| {b} | {h} | {hd} | {t} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}, {:.0} \
+         | {:.2} | {:.3} | {:.2} | {:.2} |",
+        r.fwd_s * 1e3,
+        f.fwd_s * 1e3,
+        r.fwd_s / f.fwd_s,
+        r.bwd_s * 1e3,
+        f.bwd_s * 1e3,
+        r.bwd_s / f.bwd_s,
+        fwd_gflop / f.fwd_s,
+        2.5 * fwd_gflop / f.bwd_s,
+        mib(r.saved_bytes),
+        mib(f.saved_bytes),
+        mib(r.peak_bytes),
+        mib(f.peak_bytes),
+    );
+    serde_json::json!({
+        "hd": hd, "t": t, "b": b, "h": h,
+        "reference": {"fwd_s": r.fwd_s, "bwd_s": r.bwd_s,
+                      "saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes},
+        "tiled": {"fwd_s": f.fwd_s, "bwd_s": f.bwd_s,
+                  "saved_bytes": f.saved_bytes, "peak_bytes": f.peak_bytes},
+    })
+}
+
 fn main() {
     memory::keep_freed_memory();
     odeflow_runtime::cpu::join_thread_pool();
     let reps = odeflow_bench::reps_arg(5);
     let mut rng = Rng::new(1);
     let mut json = Vec::new();
+    println!("f32, {} threads", rayon::current_num_threads());
     println!(
-        "B = {B}, H = {H}, f32, {} threads",
-        rayon::current_num_threads()
-    );
-    println!(
-        "| hd | T | fwd ms ref | fwd ms tiled | fwd ratio | bwd ms ref | bwd ms tiled \
+        "| B | H | hd | T | fwd ms ref | fwd ms tiled | fwd ratio | bwd ms ref | bwd ms tiled \
          | bwd ratio | tiled GFLOP/s fwd, bwd | saved MiB ref | saved MiB tiled \
          | peak MiB ref | peak MiB tiled |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for hd in HEAD_DIMS {
         for t in LENGTHS {
-            let shape = [B, H, t, hd];
-            let randn = |rng: &mut Rng| Tensor::randn(&shape, 0.0, 1.0, DType::F32, rng);
-            let (q, k, v, dout) = (
-                randn(&mut rng),
-                randn(&mut rng),
-                randn(&mut rng),
-                randn(&mut rng),
-            );
-            let out_bytes = q.numel() * 4;
-            let reference = measure(
-                reps,
-                || attention_fwd(&q, &k, &v).expect("reference forward"),
-                |_, probs| attention_bwd(&dout, &q, &k, &v, probs).expect("reference backward"),
-                out_bytes,
-            );
-            let tiled = measure(
-                reps,
-                || flash_attention_fwd(&q, &k, &v).expect("tiled forward"),
-                |out, lse| {
-                    flash_attention_bwd(&dout, &q, &k, &v, out, lse).expect("tiled backward")
-                },
-                out_bytes,
-            );
-            let (r, f) = (&reference, &tiled);
-            let fwd_gflop = causal_fwd_flops(t, hd) / 1e9;
-            println!(
-                "| {hd} | {t} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0}, {:.0} \
-                 | {:.2} | {:.3} | {:.2} | {:.2} |",
-                r.fwd_s * 1e3,
-                f.fwd_s * 1e3,
-                r.fwd_s / f.fwd_s,
-                r.bwd_s * 1e3,
-                f.bwd_s * 1e3,
-                r.bwd_s / f.bwd_s,
-                fwd_gflop / f.fwd_s,
-                2.5 * fwd_gflop / f.bwd_s,
-                mib(r.saved_bytes),
-                mib(f.saved_bytes),
-                mib(r.peak_bytes),
-                mib(f.peak_bytes),
-            );
-            json.push(serde_json::json!({
-                "hd": hd, "t": t, "b": B, "h": H,
-                "reference": {"fwd_s": r.fwd_s, "bwd_s": r.bwd_s,
-                              "saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes},
-                "tiled": {"fwd_s": f.fwd_s, "bwd_s": f.bwd_s,
-                          "saved_bytes": f.saved_bytes, "peak_bytes": f.peak_bytes},
-            }));
+            json.push(compare([B, H, t, hd], reps, &mut rng));
         }
     }
+    // the tiny preset's training step: B 12, H 4, T 64, hd 32 (48 heads: the per-head backward)
+    json.push(compare([12, 4, 64, 32], reps, &mut rng));
     json.extend(schedules(reps, &mut rng));
     if let Some(path) = odeflow_bench::arg_value("--json") {
         let text = serde_json::to_string_pretty(&json).expect("json");

@@ -54,7 +54,7 @@
 //! reference for the tiling that a GPU kernel will use, not yet a fast CPU kernel.
 
 use super::gemm::{gemm, MatRef, Parallelism};
-use super::math;
+use super::{math, simd};
 use rayon::prelude::*;
 
 /// Queries per task. A [BLOCK_Q, BLOCK_K] f32 score tile is 16 KiB; with hd = 64 the query
@@ -383,12 +383,6 @@ impl Tile {
     fn view(self, buf: &[f32]) -> MatRef<'_> {
         MatRef::row_major(buf, self.rows, self.cols)
     }
-
-    /// Whether some key of the tile comes after some query of it: only the tiles that cross
-    /// the diagonal need the mask.
-    fn crosses_diagonal(self) -> bool {
-        self.k0 + self.cols > self.q0 + 1
-    }
 }
 
 /// One row of a row-major buffer of `width`-long rows.
@@ -438,22 +432,39 @@ fn fwd_query_block(head: &Head, q0: usize, block_k: usize, out_b: &mut [f32], ls
 fn scores_tile(head: &Head, tile: Tile, s: &mut [f32]) {
     let q_blk = head.q_rows(tile.q0, tile.rows);
     tile_gemm(q_blk, head.k_rows(tile.k0, tile.cols).t(), s, false);
-    let masked = tile.crosses_diagonal();
-    for r in 0..tile.rows {
-        let i = tile.q0 + r;
-        for (c, s_ij) in row_mut(s, r, tile.cols).iter_mut().enumerate() {
-            *s_ij = if !masked || tile.k0 + c <= i {
-                *s_ij * head.scale
-            } else {
-                f32::NEG_INFINITY
-            };
+    simd(|| scale_and_mask_rows(s, tile, head.scale))
+}
+
+/// s *= scale where key j <= query i, -inf after (inlined into `simd`, as `exp_minus_rows`).
+#[inline(always)]
+fn scale_and_mask_rows(s: &mut [f32], tile: Tile, scale: f32) {
+    for (r, s_r) in s.chunks_mut(tile.cols).enumerate() {
+        // keys k0..=i are visible to query i = q0 + r: the whole row below the diagonal
+        let visible = (tile.q0 + r + 1).saturating_sub(tile.k0).min(tile.cols);
+        let (seen, masked) = s_r.split_at_mut(visible);
+        for x in seen.iter_mut() {
+            *x *= scale;
         }
+        masked.fill(f32::NEG_INFINITY);
     }
 }
 
 /// Folds a tile of scores into the running max m and sum l, rescales the accumulator to the new
 /// max, and turns the scores into exp(s - m_new), the weights the p v product adds.
 fn online_softmax_step(
+    tile: Tile,
+    s: &mut [f32],
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+    hd: usize,
+) {
+    simd(|| online_softmax_rows(tile, s, m, l, acc, hd))
+}
+
+/// `online_softmax_step`'s loop, row by row (inlined into `simd`, as `exp_minus_rows`).
+#[inline(always)]
+fn online_softmax_rows(
     tile: Tile,
     s: &mut [f32],
     m: &mut [f32],
@@ -487,11 +498,19 @@ fn write_back(m: &[f32], l: &[f32], out_b: &mut [f32], lse_b: &mut [f32], hd: us
 /// p_ij = exp(s_ij - lse_i) for the tile: the forward's softmax, recomputed (0 where masked).
 fn probs_tile(head: &Head, saved: &Saved, tile: Tile, p: &mut [f32]) {
     scores_tile(head, tile, p);
-    for r in 0..tile.rows {
-        let lse_i = saved.lse[tile.q0 + r];
-        row_mut(p, r, tile.cols)
-            .iter_mut()
-            .for_each(|x| *x = math::exp(*x - lse_i));
+    let lse = &saved.lse[tile.q0..tile.q0 + tile.rows];
+    simd(|| exp_minus_rows(p, tile.cols, lse))
+}
+
+/// x = exp(x - c_r) along each row r of a row-major buffer. Always inlined, so that inside
+/// `simd` it is compiled for AVX2 (a closure holding the loop itself was not inlined there, and
+/// ran 4 lanes wide).
+#[inline(always)]
+fn exp_minus_rows(x: &mut [f32], cols: usize, c: &[f32]) {
+    for (x_r, &c_r) in x.chunks_mut(cols).zip(c) {
+        for x in x_r.iter_mut() {
+            *x = math::exp(*x - c_r);
+        }
     }
 }
 
@@ -501,11 +520,17 @@ fn probs_tile(head: &Head, saved: &Saved, tile: Tile, p: &mut [f32]) {
 fn dscores_tile(head: &Head, saved: &Saved, tile: Tile, p: &[f32], ds: &mut [f32]) {
     let dout_blk = saved.dout_rows(tile.q0, tile.rows);
     tile_gemm(dout_blk, head.v_rows(tile.k0, tile.cols).t(), ds, false);
-    for r in 0..tile.rows {
-        let d_i = saved.dsum[tile.q0 + r];
-        let p_r = &p[r * tile.cols..(r + 1) * tile.cols];
-        for (ds_ij, &p_ij) in row_mut(ds, r, tile.cols).iter_mut().zip(p_r) {
-            *ds_ij = p_ij * (*ds_ij - d_i) * head.scale;
+    let (dsum, scale) = (&saved.dsum[tile.q0..tile.q0 + tile.rows], head.scale);
+    simd(|| dscores_rows(ds, p, tile.cols, dsum, scale))
+}
+
+/// ds = p (ds - D_r) scale along each row r (inlined into `simd`, as `exp_minus_rows`).
+#[inline(always)]
+fn dscores_rows(ds: &mut [f32], p: &[f32], cols: usize, dsum: &[f32], scale: f32) {
+    let rows = ds.chunks_mut(cols).zip(p.chunks(cols));
+    for ((ds_r, p_r), &d_i) in rows.zip(dsum) {
+        for (ds_ij, &p_ij) in ds_r.iter_mut().zip(p_r) {
+            *ds_ij = p_ij * (*ds_ij - d_i) * scale;
         }
     }
 }
