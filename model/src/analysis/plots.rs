@@ -26,7 +26,7 @@ pub const FIGURE_WIDTH: u32 = 1000;
 const PANEL_HEIGHT: u32 = 330;
 const TITLE_HEIGHT: u32 = 40;
 /// The colour bar's strip on the right of a figure.
-const BAR_WIDTH: u32 = 90;
+const BAR_WIDTH: u32 = 120;
 /// Slices the colour bar's gradient is drawn in.
 const BAR_SLICES: usize = 120;
 /// The share of a range added on either side, so no point sits on the frame.
@@ -294,8 +294,8 @@ fn draw_colour_bar(
     let mut chart = ChartBuilder::on(area)
         .margin_top(20)
         .margin_bottom(40)
-        .margin_right(12)
-        .y_label_area_size(52)
+        .margin_left(12)
+        .right_y_label_area_size(52)
         .build_cartesian_2d(0.0..1.0, range.clone())?;
     chart
         .configure_mesh()
