@@ -13,6 +13,7 @@
 
 pub mod flash;
 pub mod gemm;
+pub mod hypernet;
 pub mod math;
 
 use rayon::prelude::*;

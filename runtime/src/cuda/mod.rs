@@ -21,6 +21,7 @@
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
 pub(crate) mod flash;
+pub(crate) mod hypernet;
 pub(crate) mod layout;
 pub(crate) mod matmul;
 pub(crate) mod optim;

@@ -17,6 +17,7 @@
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod hypernet;
 pub mod loss;
 pub mod matmul;
 pub mod norm;

@@ -1,0 +1,205 @@
+//! The hypernetwork's weight generation as one op: every step's weights from the coefficient
+//! rows and the stacked parameter, forward and backward (MODEL.md section 3).
+//!
+//! ```text
+//! generate       w[i] = sum_k h[i, k] f[k]          h [N, K], f [K, ..] -> w [N, ..]
+//! generate_bwd   df[k] = sum_i h[i, k] dw[i],  dh[i, k] = dw[i] . f[k]
+//! ```
+//!
+//! It is `h.matmul(f as [K, P])` and its backward, with two differences that matter because
+//! the op is memory-bound (K and N are tiny, P is the size of a weight matrix): the forward reads
+//! f once and writes w once, and the backward takes the N steps' gradients as N separate
+//! tensors (what the tape holds: each step used its own view of w), so they are never joined
+//! into one [N, P] copy, and it reads them once for both dh and df. The kernels and their
+//! byte counts are in `cpu/hypernet.rs`.
+//!
+//! On CUDA the op is, for now, the same math composed from the existing kernels (a join of the
+//! steps' gradients, then the GEMM twice); a fused kernel is `cuda::hypernet`'s business.
+
+use crate::cpu::hypernet as kernel;
+use crate::{Device, Error, Result, Tensor};
+
+/// [K, ..] seen as (K, P).
+fn stacked_dims(f: &Tensor) -> (usize, usize) {
+    let k = f.shape()[0];
+    (k, f.numel() / k.max(1))
+}
+
+fn check(op: &'static str, h: &Tensor, f: &Tensor) -> Result<()> {
+    h.check_float(op)?;
+    f.check_float(op)?;
+    if h.device() != f.device() {
+        return Err(Error::DeviceMismatch {
+            op,
+            lhs: h.device(),
+            rhs: f.device(),
+        });
+    }
+    if h.rank() != 2 || f.rank() < 2 || h.shape()[1] != f.shape()[0] {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!(
+                "needs h [N, K] and f [K, ..], got h {:?} and f {:?}",
+                h.shape(),
+                f.shape()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Every step's weights: w[i] = sum_k h[i, k] f[k], in f's dtype (the CPU computes in f32).
+///
+/// Shapes: h [N, K], f [K, ..] -> w [N, ..]
+pub fn generate(h: &Tensor, f: &Tensor) -> Result<Tensor> {
+    check("generate", h, f)?;
+    let n = h.shape()[0];
+    let (k, p) = stacked_dims(f);
+    let mut shape = f.shape().to_vec();
+    shape[0] = n;
+    match h.device() {
+        Device::Cpu => {
+            let w = kernel::generate(&h.f32_data(), &f.f32_data(), n, k, p);
+            Ok(Tensor::from_f32_values(w, &shape, f.dtype()))
+        }
+        Device::Cuda(_) => crate::cuda::hypernet::generate(h, f),
+    }
+}
+
+/// The backward of `generate`, from the N steps' gradients (each of f's trailing shape).
+/// Returns (dh, df) in h's and f's dtypes.
+///
+/// Shapes: dws N x [..], h [N, K], f [K, ..] -> dh [N, K], df [K, ..]
+pub fn generate_bwd(dws: &[Tensor], h: &Tensor, f: &Tensor) -> Result<(Tensor, Tensor)> {
+    check("generate_bwd", h, f)?;
+    let n = h.shape()[0];
+    let (k, p) = stacked_dims(f);
+    if dws.len() != n {
+        return Err(Error::InvalidArgument {
+            op: "generate_bwd",
+            msg: format!("needs one gradient per step: {n} steps, {} gradients", dws.len()),
+        });
+    }
+    for dw in dws {
+        f.check_same_kind("generate_bwd", dw)?;
+        if dw.shape() != &f.shape()[1..] {
+            return Err(Error::ShapeMismatch {
+                op: "generate_bwd",
+                lhs: dw.shape().to_vec(),
+                rhs: f.shape()[1..].to_vec(),
+            });
+        }
+    }
+    match h.device() {
+        Device::Cpu => {
+            let dw_data: Vec<_> = dws.iter().map(|dw| dw.f32_data()).collect();
+            let dw_slices: Vec<&[f32]> = dw_data.iter().map(|d| d.as_ref()).collect();
+            let (f_data, h_data) = (f.f32_data(), h.f32_data());
+            let (dh, df) = kernel::generate_bwd(&dw_slices, &h_data, &f_data, n, k, p);
+            Ok((
+                Tensor::from_f32_values(dh, h.shape(), h.dtype()),
+                Tensor::from_f32_values(df, f.shape(), f.dtype()),
+            ))
+        }
+        Device::Cuda(_) => crate::cuda::hypernet::generate_bwd(dws, h, f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::hypernet::CHUNK;
+    use crate::{DType, Rng};
+
+    /// sum over the inner index in f64: the reference both ops are held to.
+    fn product_f64(a: &[f32], b: &[f32], m: usize, inner: usize, n: usize) -> Vec<f64> {
+        let mut c = vec![0.0f64; m * n];
+        for i in 0..m {
+            for p in 0..inner {
+                let a_ip = a[i * inner + p] as f64;
+                for j in 0..n {
+                    c[i * n + j] += a_ip * b[p * n + j] as f64;
+                }
+            }
+        }
+        c
+    }
+
+    fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut t = vec![0.0f32; x.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = x[r * cols + c];
+            }
+        }
+        t
+    }
+
+    /// Within `tol` of the f64 reference, relative to the sum of |terms| (what f32 rounding of a
+    /// sum scales with), element by element.
+    fn assert_close(got: &[f32], want: &[f64], scale: &[f64], tol: f64, what: &str) {
+        for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+            let err = (g as f64 - w).abs();
+            assert!(err <= tol * s.max(1e-30), "{what}[{i}]: got {g}, want {w}");
+        }
+    }
+
+    fn abs(x: &[f32]) -> Vec<f32> {
+        x.iter().map(|v| v.abs()).collect()
+    }
+
+    /// Sizes not multiples of anything: P spans two chunks and a ragged third; P below one
+    /// chunk; a [K, d_in, d_out] weight and a [K, D] norm parameter.
+    #[test]
+    fn generate_and_its_backward_match_the_products_in_f64() {
+        let mut rng = Rng::new(21);
+        for (n, shape) in [
+            (4, vec![9, 2 * CHUNK + 37]),
+            (12, vec![21, 130]),
+            (1, vec![3, 7, 5]),
+            (5, vec![8, 33, 19]),
+        ] {
+            let k = shape[0];
+            let p: usize = shape[1..].iter().product();
+            let h = Tensor::randn(&[n, k], 0.0, 1.0, DType::F32, &mut rng);
+            let f = Tensor::randn(&shape, 0.0, 1.0, DType::F32, &mut rng);
+            let w = generate(&h, &f).unwrap();
+            let mut w_shape = shape.clone();
+            w_shape[0] = n;
+            assert_eq!(w.shape(), &w_shape[..]);
+            let (hv, fv) = (h.to_f32_vec().unwrap(), f.to_f32_vec().unwrap());
+            let want = product_f64(&hv, &fv, n, k, p);
+            let scale = product_f64(&abs(&hv), &abs(&fv), n, k, p);
+            let tol = 1e-6;
+            assert_close(&w.to_f32_vec().unwrap(), &want, &scale, tol, "w");
+
+            let dws: Vec<Tensor> = (0..n)
+                .map(|_| Tensor::randn(&shape[1..], 0.0, 1.0, DType::F32, &mut rng))
+                .collect();
+            let dw: Vec<f32> = dws.iter().flat_map(|d| d.to_f32_vec().unwrap()).collect();
+            let (dh, df) = generate_bwd(&dws, &h, &f).unwrap();
+            assert_eq!((dh.shape(), df.shape()), (h.shape(), f.shape()));
+            // df = h^T dw [K, P], dh = dw f^T [N, K]
+            let ht = transpose(&hv, n, k);
+            let want = product_f64(&ht, &dw, k, n, p);
+            let scale = product_f64(&abs(&ht), &abs(&dw), k, n, p);
+            assert_close(&df.to_f32_vec().unwrap(), &want, &scale, tol, "df");
+            let ft = transpose(&fv, k, p);
+            let want = product_f64(&dw, &ft, n, p, k);
+            let scale = product_f64(&abs(&dw), &abs(&ft), n, p, k);
+            assert_close(&dh.to_f32_vec().unwrap(), &want, &scale, tol, "dh");
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_that_name_the_op() {
+        let h = Tensor::zeros(&[4, 9], DType::F32);
+        let f = Tensor::zeros(&[8, 10], DType::F32);
+        let err = generate(&h, &f).unwrap_err().to_string();
+        assert!(err.contains("generate") && err.contains("[K, ..]"), "{err}");
+        let f = Tensor::zeros(&[9, 10], DType::F32);
+        let dws = vec![Tensor::zeros(&[10], DType::F32); 3];
+        let err = generate_bwd(&dws, &h, &f).unwrap_err().to_string();
+        assert!(err.contains("one gradient per step"), "{err}");
+    }
+}
