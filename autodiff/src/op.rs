@@ -13,7 +13,8 @@ use crate::custom::{self, CustomBackward};
 use crate::{Param, Result};
 use odeflow_runtime::ops::reduce::{max_bwd, sum_mean_bwd, ReduceOp};
 use odeflow_runtime::ops::{
-    attention, elementwise, embedding, loss, matmul, norm, shape, softmax, BinaryOp, UnaryOp,
+    attention, elementwise, embedding, hypernet, loss, matmul, norm, shape, softmax, BinaryOp,
+    UnaryOp,
 };
 use odeflow_runtime::{DType, Tensor};
 
@@ -116,7 +117,12 @@ pub(crate) enum Op {
         sizes: Vec<usize>,
         dim: usize,
     },
-    /// The only op with several outputs: the pieces of `split`.
+    /// The hypernetwork's weight generation: one output per step (`ops::hypernet`).
+    Generate {
+        h: Tensor,
+        f: Tensor,
+    },
+    /// The pieces of `split` (several outputs, like `Generate`).
     Split {
         dim: usize,
         shapes: Vec<Vec<usize>>,
@@ -145,6 +151,17 @@ impl Op {
                 .collect();
             return Ok(vec![Some(shape::split_bwd(&dys, *dim)?)]);
         }
+        // generate: w_i = sum_k h[i, k] f[k] -> dh, df from the steps' gradients, unjoined
+        //   (a step whose weights reached no loss contributes zeros)
+        if let Op::Generate { h, f } = &self {
+            let zeros = || Tensor::zeros(&f.shape()[1..], f.dtype()).to_device(f.device());
+            let dws = dys
+                .into_iter()
+                .map(|dw| dw.map_or_else(zeros, Ok))
+                .collect::<odeflow_runtime::Result<Vec<Tensor>>>()?;
+            let (dh, df) = hypernet::generate_bwd(&dws, h, f)?;
+            return Ok(vec![Some(dh), Some(df)]);
+        }
         let dy = dys
             .into_iter()
             .next()
@@ -152,7 +169,7 @@ impl Op {
             .expect("a single-output op has a gradient");
         let dy = &dy;
         let grads = match self {
-            Op::Leaf | Op::Param(_) | Op::Split { .. } => Vec::new(),
+            Op::Leaf | Op::Param(_) | Op::Split { .. } | Op::Generate { .. } => Vec::new(),
             // y = f(x)  ->  dx = dy * f'(x)   (f' may read x or y: exp' = y, tanh' = 1 - y^2)
             Op::Unary { op, x, y } => vec![elementwise::unary_bwd(op, dy, &x, &y)?],
             // c = a (op) b, broadcast  ->  da = sum_to(dc * dc/da, a), db = sum_to(dc * dc/db, b)

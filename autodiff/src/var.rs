@@ -10,7 +10,8 @@ use crate::tape::{Tape, VarId};
 use crate::Result;
 use odeflow_runtime::ops::reduce::{reduce_fwd, ReduceOp};
 use odeflow_runtime::ops::{
-    attention, elementwise, embedding, loss, matmul, norm, shape, softmax, BinaryOp, UnaryOp,
+    attention, elementwise, embedding, hypernet, loss, matmul, norm, shape, softmax, BinaryOp,
+    UnaryOp,
 };
 use odeflow_runtime::{DType, Rng, Tensor};
 use std::fmt;
@@ -330,6 +331,26 @@ impl Var {
             ignore_index,
         };
         self.tape.record1("cross_entropy", &[self], saved, loss)
+    }
+
+    /// The hypernetwork's weight generation: step i's weights sum_k h[i, k] f[k], one output
+    /// per step (views of one buffer). The backward reads the steps' gradients as they are,
+    /// never joined (`ops::hypernet`); it is `h.matmul(f as [K, P])` split into rows otherwise.
+    ///
+    /// Shapes: h [N, K], f [K, ..] -> N x [..]
+    pub fn generate(h: &Var, f: &Var) -> Result<Vec<Var>> {
+        let w = hypernet::generate(&h.value, &f.value)?;
+        let n = h.shape()[0];
+        let steps = w
+            .split(&vec![1; n], 0)?
+            .into_iter()
+            .map(|w_i| w_i.reshape(&f.shape()[1..]))
+            .collect::<odeflow_runtime::Result<Vec<Tensor>>>()?;
+        let saved = Op::Generate {
+            h: h.value.clone(),
+            f: f.value.clone(),
+        };
+        h.tape.record("generate", &[h, f], saved, steps)
     }
 
     /// Causal self-attention, tiled ("flash"): it saves out and one log-sum-exp per query, so

@@ -137,6 +137,32 @@ proptest! {
     }
 
     #[test]
+    fn generate_matches_the_product_of_h_and_the_stack(n in 1usize..5, k in 1usize..5,
+                                                      d_in in 1usize..4, d_out in 1usize..4,
+                                                      skip in 0usize..6, seed in any::<u64>()) {
+        // step `skip` (when < n) is left out of the loss: its gradient never arrives and the
+        // backward must read it as zeros
+        let h = input(&[n, k], Layout::Contiguous, seed, -1.0, 1.0);
+        let f = input(&[k, d_in, d_out], Layout::Contiguous, seed ^ 5, -1.0, 1.0);
+        let (p, kept): (usize, Vec<usize>) = (d_in * d_out, (0..n).filter(|&i| i != skip).collect());
+        if kept.is_empty() {
+            return Ok(());
+        }
+        check_grads("generate", &[h, f],
+            |v| {
+                let steps = Var::generate(&v[0], &v[1])?;
+                let rows: Vec<Var> =
+                    kept.iter().map(|&i| steps[i].reshape(&[1, p])).collect::<Result<_, _>>()?;
+                Var::cat(&rows.iter().collect::<Vec<_>>(), 0)
+            },
+            |x| {
+                let w = r::matmul(&x[0], &Array64::new(&[k, p], x[1].data.clone()));
+                let data = kept.iter().flat_map(|&i| w.data[i * p..(i + 1) * p].to_vec());
+                Array64::new(&[kept.len(), p], data.collect())
+            }, F32_TOL);
+    }
+
+    #[test]
     fn reductions(shape in shapes(1, 3), dim_seed in any::<usize>(), keepdim in any::<bool>(),
                   which in 0usize..5, layout in layouts(), seed in any::<u64>()) {
         let dim = dim_seed % shape.len();

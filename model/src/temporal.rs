@@ -15,9 +15,11 @@
 //! [N, E+1] x [E+1, d_in d_out]  ->  [N, d_in d_out]
 //! ```
 //!
-//! Its backward (the tape's matmul rule) is dF = Hᵀ dW, a sum over the steps, and dH = dW Fᵀ.
-//! The result is split into N per-step views without a copy; the split's backward joins the N
-//! per-step gradients with one copy.
+//! Its backward is dF = Hᵀ dW, a sum over the steps, and dH = dW Fᵀ. The biases and the norms'
+//! scale and shift have the same form without the leading 1. All of them go through one op,
+//! `Var::generate` (`runtime/src/ops/hypernet.rs`): its N outputs are per-step views of one
+//! buffer, written in one pass over F, and its backward takes the N per-step gradients as they
+//! are and reads them once for both dF and dH (no join into an [N, P] copy, no second pass).
 
 use crate::init::Init;
 use crate::layers::{Linear, Norm, NormKind};
@@ -127,13 +129,11 @@ impl TemporalLinear {
         let ones = Tensor::ones(&[n, 1], DType::F32).to_device(h.value().device())?;
         let ones = tape.constant_cast(ones)?;
         let rows = Var::cat(&[&ones, &h], 1)?; // [N, E+1]: [1, h(t_j)]
-        let stacked = tape
-            .param_cast(&self.weight)?
-            .reshape(&[e1, d_in * d_out])?;
-        let w = rows.matmul(&stacked)?.reshape(&[n, d_in, d_out])?;
-        let ws = per_step(&w)?;
+        debug_assert_eq!(rows.shape(), &[n, e1]);
+        let ws = Var::generate(&rows, &tape.param_cast(&self.weight)?)?; // N x [d_in, d_out]
+        debug_assert_eq!(ws[0].shape(), &[d_in, d_out]);
         let bs = match &self.bias {
-            Some(b) => per_step(&h.matmul(&tape.param_cast(b)?)?)?
+            Some(b) => Var::generate(&h, &tape.param_cast(b)?)?
                 .into_iter()
                 .map(Some)
                 .collect(),
@@ -181,8 +181,12 @@ impl TemporalNorm {
     /// Shapes: phi [N, 2S+1] -> N x (weight [D], bias [D])
     pub fn at(&self, tape: &Tape, phi: &Var) -> Result<Vec<Norm>> {
         let h = self.hyper.forward(tape, phi)?; // [N, E]
-        let weights = per_step(&h.matmul(&tape.param_cast(&self.gain)?)?.add_scalar(1.0)?)?;
-        let biases = per_step(&h.matmul(&tape.param_cast(&self.shift)?)?)?;
+        let gains = Var::generate(&h, &tape.param_cast(&self.gain)?)?;
+        let weights = gains
+            .iter()
+            .map(|g| g.add_scalar(1.0))
+            .collect::<Result<Vec<_>>>()?;
+        let biases = Var::generate(&h, &tape.param_cast(&self.shift)?)?;
         let norm = |(w, b)| Norm {
             kind: self.kind,
             eps: self.eps,
@@ -191,14 +195,6 @@ impl TemporalNorm {
         };
         Ok(weights.into_iter().zip(biases).map(norm).collect())
     }
-}
-
-/// Splits [N, ..] into N views of shape [..] (one tape node for all of them).
-fn per_step(x: &Var) -> Result<Vec<Var>> {
-    let n = x.shape()[0];
-    let inner = x.shape()[1..].to_vec();
-    let pieces = x.split(&vec![1; n], 0)?;
-    pieces.iter().map(|p| p.reshape(&inner)).collect()
 }
 
 fn dims3(p: &Param) -> (usize, usize, usize) {

@@ -12,31 +12,38 @@
 //! ```
 //!
 //! Both are matrix products whose inner or outer size is tiny (N and K are 4 to 21) and whose
-//! other size is huge (P up to 768 x 3072 = 2.4 M): memory-bound, with 2 N K FLOPs for every
-//! (N + K) floats moved. A general GEMM packs F into panels (a copy of it) before multiplying,
-//! and the tape's plain path also joins the N per-step gradients into one [N, P] tensor (another
-//! copy) and then reads that twice (once for dF, once for dH). Here:
+//! other size is huge (P up to 768 x 3072 = 2.4 M). A general GEMM packs all of F into panels
+//! (a copy of it) before multiplying, and the tape's plain path also joined the N per-step
+//! gradients into one [N, P] tensor (another copy) and then read that twice (once for dF, once
+//! for dH). Here the work is cut into column chunks of `CHUNK` floats, and each chunk is one
+//! small GEMM on data that stays in L2:
 //!
-//! - the forward walks F in column chunks of `CHUNK` floats: a [K, CHUNK] slab of F (K x 16 KiB)
-//!   stays in L1/L2 while the N output rows of that chunk are written, so F is read once and W
-//!   written once: (K + N) P floats in all, the least possible;
-//! - the backward reads the N step gradients where they are (N slices, no join) and F, chunk by
-//!   chunk, and in the same pass writes dF's chunk and adds each chunk's share of dH: (N + 2K) P
-//!   floats (read dW, read F, write dF), against about (4N + 3K) P for the plain path.
+//! - forward: [N, K] x [K, chunk] straight from F's columns (a strided view, no copy of F), into
+//!   a scratch tile, then each row to its step: F read once, W written once, (K + N) P floats
+//!   moved through memory, the least possible;
+//! - backward: the chunk of every step's gradient gathered into an [N, chunk] tile (each dW read
+//!   once, where it is), then dF's chunk = H^T tile and this chunk's share of dH = tile F^T:
+//!   (N + 2K) P floats moved (read dW and F, write dF), against about (4N + 3K) P before.
+//!
+//! Memory-bound on a GPU, not quite here: 2 N K FLOPs per element against (N + K) x 4 bytes is
+//! 3.8 FLOP/byte at N = 12, K = 21, which a GPU's ratio (about 200) makes memory-bound but a CPU
+//! core's (about 5-10) leaves near the balance point, and a GEMM with an inner size of 21 keeps
+//! the register tile only partly busy. Measured in `bench/src/bin/hypernet.rs` against the plain
+//! path and against a copy of the same bytes.
 //!
 //! Parallelism: chunks are split over rayon tasks. dF's chunks are disjoint, so each task owns
-//! its columns. dH is a sum over all chunks: each task keeps its own [N, K] partial sum, and the
-//! partials are added in chunk order afterwards, so the result is the same whatever the number
-//! of threads. Sums of dH are accumulated in f64 (each is a dot product of up to 2.4 M terms).
+//! its columns (`column_chunks`). dH is a sum over all chunks: each task returns its own [N, K]
+//! partial (f32, a sum over at most CHUNK terms), and the partials are added in chunk order in
+//! f64 afterwards, so the result is the same whatever the number of threads.
 //!
 //! Test reference: the plain matrix products of `ops::matmul` (f64 in the tests of
 //! `ops/hypernet.rs`).
 
-use super::simd;
+use super::gemm::{gemm, MatRef, Parallelism};
 use rayon::prelude::*;
 
-/// Columns of F per task step: 4096 f32 = 16 KiB per row of F, so with K = 21 rows the slab of F
-/// a chunk reads is 336 KiB, about a core's L2, and each output row chunk is 16 KiB.
+/// Columns per chunk: 4096 f32 = 16 KiB per row, so with K = 21 and N = 12 the chunk's slab of
+/// F and its output tile come to 528 KiB, about a core's L2.
 pub const CHUNK: usize = 4096;
 
 /// W = H F, written as N rows of P.
@@ -49,18 +56,26 @@ pub fn generate(h: &[f32], f: &[f32], n: usize, k: usize, p: usize) -> Vec<f32> 
     if w.is_empty() {
         return w;
     }
+    let h_mat = MatRef::row_major(h, n, k);
     // one task per chunk of columns: it fills columns c0..c0 + len of every step's row
     column_chunks(&mut w, p)
         .into_par_iter()
         .enumerate()
         .for_each(|(c, mut rows)| {
-            let c0 = c * CHUNK;
-            for (i, w_i) in rows.iter_mut().enumerate() {
-                // w_i[chunk] = sum_k h[i, k] f[k, chunk], F's slab read from cache after step 0
-                for kk in 0..k {
-                    let f_k = &f[kk * p + c0..kk * p + c0 + w_i.len()];
-                    simd(|| axpy(h[i * k + kk], f_k, w_i));
-                }
+            let (c0, len) = (c * CHUNK, rows[0].len());
+            // the product of the chunk, [N, K] x [K, len], by the register-tiled GEMM into an
+            // L2-resident scratch tile; then each row to its step's weights
+            let mut tile = vec![0.0f32; n * len];
+            gemm(
+                h_mat,
+                f_columns(f, k, p, c0, len),
+                &mut tile,
+                len,
+                false,
+                SEQ,
+            );
+            for (w_i, tile_i) in rows.iter_mut().zip(tile.chunks(len)) {
+                w_i.copy_from_slice(tile_i);
             }
         });
     w
@@ -79,39 +94,78 @@ pub fn generate_bwd(
 ) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(dws.len(), n, "generate_bwd: one gradient per step");
     for dw in dws {
-        assert_eq!(dw.len(), p, "generate_bwd: each step's gradient must be [P] = [{p}]");
+        assert_eq!(
+            dw.len(),
+            p,
+            "generate_bwd: each step's gradient must be [P] = [{p}]"
+        );
     }
-    assert_eq!(h.len(), n * k, "generate_bwd: h must be [N, K] = [{n}, {k}]");
-    assert_eq!(f.len(), k * p, "generate_bwd: f must be [K, P] = [{k}, {p}]");
+    assert_eq!(
+        h.len(),
+        n * k,
+        "generate_bwd: h must be [N, K] = [{n}, {k}]"
+    );
+    assert_eq!(
+        f.len(),
+        k * p,
+        "generate_bwd: f must be [K, P] = [{k}, {p}]"
+    );
     let mut df = vec![0.0f32; k * p];
     if df.is_empty() {
         return (vec![0.0; n * k], df);
     }
+    let h_t = MatRef::row_major(h, n, k).t();
     // each task owns dF's columns of its chunk, and returns its chunk's share of dH
-    let partials: Vec<Vec<f64>> = column_chunks(&mut df, p)
+    let partials: Vec<Vec<f32>> = column_chunks(&mut df, p)
         .into_par_iter()
         .enumerate()
         .map(|(c, mut df_rows)| {
-            let c0 = c * CHUNK;
-            let mut dh_c = vec![0.0f64; n * k];
-            for (i, dw) in dws.iter().enumerate() {
-                for (kk, df_kc) in df_rows.iter_mut().enumerate() {
-                    let len = df_kc.len();
-                    let (dw_c, f_kc) = (&dw[c0..c0 + len], &f[kk * p + c0..kk * p + c0 + len]);
-                    // dF[k, chunk] += h[i, k] dW_i[chunk];  dH[i, k] += dW_i[chunk] . F[k, chunk]
-                    simd(|| axpy(h[i * k + kk], dw_c, df_kc));
-                    dh_c[i * k + kk] += simd(|| dot_f64(dw_c, f_kc));
-                }
+            let (c0, len) = (c * CHUNK, df_rows[0].len());
+            // load: the steps' gradients of this chunk, gathered into one [N, len] tile
+            let mut dw = Vec::with_capacity(n * len);
+            dws.iter()
+                .for_each(|d| dw.extend_from_slice(&d[c0..c0 + len]));
+            let dw = MatRef::row_major(&dw, n, len);
+            // dF[:, chunk] = h^T dW: [K, N] x [N, len]
+            let mut df_tile = vec![0.0f32; k * len];
+            gemm(h_t, dw, &mut df_tile, len, false, SEQ);
+            for (df_k, tile_k) in df_rows.iter_mut().zip(df_tile.chunks(len)) {
+                df_k.copy_from_slice(tile_k);
             }
+            // this chunk's dH = dW F[:, chunk]^T: [N, len] x [len, K]
+            let mut dh_c = vec![0.0f32; n * k];
+            gemm(
+                dw,
+                f_columns(f, k, p, c0, len).t(),
+                &mut dh_c,
+                k,
+                false,
+                SEQ,
+            );
             dh_c
         })
         .collect();
-    // dH: the chunks' partial sums, added in chunk order (the same whatever the thread count)
+    // dH: the chunks' partial sums, added in chunk order in f64 (the same whatever the thread
+    // count; each partial is a sum over at most CHUNK terms, the total over up to P)
     let mut dh = vec![0.0f64; n * k];
     for dh_c in partials {
-        dh.iter_mut().zip(dh_c).for_each(|(a, b)| *a += b);
+        dh.iter_mut().zip(dh_c).for_each(|(a, b)| *a += b as f64);
     }
     (dh.into_iter().map(|x| x as f32).collect(), df)
+}
+
+/// The GEMMs run on the calling task's thread: the chunks are the parallelism.
+const SEQ: Parallelism = Parallelism::Sequential;
+
+/// Columns c0..c0 + len of the row-major [K, P] F, as a [K, len] strided view (no copy).
+fn f_columns(f: &[f32], k: usize, p: usize, c0: usize, len: usize) -> MatRef<'_> {
+    MatRef {
+        data: &f[c0..],
+        rows: k,
+        cols: len,
+        row_stride: p,
+        col_stride: 1,
+    }
 }
 
 /// A row-major [rows, p] buffer cut into column chunks of `CHUNK`: entry c holds, for every
@@ -125,31 +179,4 @@ fn column_chunks(buf: &mut [f32], p: usize) -> Vec<Vec<&mut [f32]>> {
         }
     }
     chunks
-}
-
-/// y += a x.
-#[inline(always)]
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    for (y, &x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
-}
-
-/// x . y with f32 products summed in 8 f64 lanes.
-#[inline(always)]
-fn dot_f64(x: &[f32], y: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let tail: f64 = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .map(|(&a, &b)| a as f64 * b as f64)
-        .sum();
-    for (xs, ys) in xc.zip(yc) {
-        for ((a, &p), &q) in acc.iter_mut().zip(xs).zip(ys) {
-            *a += p as f64 * q as f64;
-        }
-    }
-    acc.iter().sum::<f64>() + tail
 }
