@@ -37,6 +37,9 @@ pub(crate) enum Op {
     Affine {
         mul: f32,
     },
+    Lincomb {
+        alphas: Vec<f32>,
+    },
     Matmul {
         a: Tensor,
         b: Tensor,
@@ -179,6 +182,14 @@ impl Op {
             }
             // y = mul * x + add  ->  dx = mul * dy
             Op::Affine { mul } => vec![elementwise::affine_bwd(dy, mul)?],
+            // y = x + sum_s alpha_s k_s  ->  dx = dy, dk_s = alpha_s dy
+            Op::Lincomb { alphas } => std::iter::once(Ok(dy.clone()))
+                .chain(
+                    alphas
+                        .iter()
+                        .map(|&alpha| elementwise::affine_bwd(dy, alpha)),
+                )
+                .collect::<odeflow_runtime::Result<Vec<_>>>()?,
             // c = a b  ->  da = dc bᵀ, db = aᵀ dc   (summed over broadcast batch dims)
             Op::Matmul { a, b } => {
                 let (da, db) = matmul::matmul_bwd(dy, &a, &b)?;

@@ -172,6 +172,20 @@ impl Var {
         self.affine(s, 0.0)
     }
 
+    /// self + sum_s alpha_s k_s, one node and one pass (`elementwise::lincomb`): a Runge-Kutta
+    /// stage or step combination.
+    ///
+    /// Shapes: self [any], each k_s [same] -> [same]
+    pub fn lincomb(&self, terms: &[(f32, &Var)]) -> Result<Var> {
+        let values: Vec<(f32, &Tensor)> = terms.iter().map(|(a, k)| (*a, &k.value)).collect();
+        let y = elementwise::lincomb(&self.value, &values)?;
+        let mut inputs = vec![self];
+        inputs.extend(terms.iter().map(|(_, k)| *k));
+        let alphas = terms.iter().map(|(a, _)| *a).collect();
+        self.tape
+            .record1("lincomb", &inputs, Op::Lincomb { alphas }, y)
+    }
+
     pub fn add_scalar(&self, s: f32) -> Result<Var> {
         self.affine(1.0, s)
     }

@@ -137,6 +137,28 @@ proptest! {
     }
 
     #[test]
+    fn lincomb_is_x_plus_the_scaled_terms(shape in shapes(1, 3), terms in 0usize..4,
+                                          layout in layouts(), seed in any::<u64>()) {
+        let inputs: Vec<Tensor> = (0..=terms)
+            .map(|i| input(&shape, if i == 0 { layout } else { Layout::Contiguous },
+                           seed ^ i as u64, -1.0, 1.0))
+            .collect();
+        let alphas = [0.5f32, -1.25, 2.0];
+        check_grads("lincomb", &inputs,
+            |v| {
+                let terms: Vec<(f32, &Var)> = alphas.iter().copied().zip(&v[1..]).collect();
+                v[0].lincomb(&terms)
+            },
+            |x| {
+                let mut y = x[0].clone();
+                for (alpha, k) in alphas.iter().zip(&x[1..]) {
+                    y.data.iter_mut().zip(&k.data).for_each(|(y, k)| *y += *alpha as f64 * k);
+                }
+                y
+            }, F32_TOL);
+    }
+
+    #[test]
     fn generate_matches_the_product_of_h_and_the_stack(n in 1usize..5, k in 1usize..5,
                                                       d_in in 1usize..4, d_out in 1usize..4,
                                                       skip in 0usize..6, seed in any::<u64>()) {

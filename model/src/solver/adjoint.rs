@@ -31,7 +31,7 @@
 //! per evaluation from the hypernetwork's parameters and dropped, so no per-step weights are
 //! kept either: nothing grows with L.
 
-use super::tableau::{rk_step, Axpy};
+use super::tableau::{rk_step, Combine};
 use super::{Field, Solver};
 use odeflow_autodiff::{Result, Tape, Var};
 use odeflow_runtime::{DType, Tensor};
@@ -132,11 +132,13 @@ struct Augmented {
     a: Tensor,
 }
 
-impl Axpy for Augmented {
-    fn axpy(&self, alpha: f32, k: &Augmented) -> Result<Augmented> {
+impl Combine for Augmented {
+    fn lincomb(&self, terms: &[(f32, &Augmented)]) -> Result<Augmented> {
+        let xs: Vec<(f32, &Tensor)> = terms.iter().map(|(c, k)| (*c, &k.x)).collect();
+        let as_: Vec<(f32, &Tensor)> = terms.iter().map(|(c, k)| (*c, &k.a)).collect();
         Ok(Augmented {
-            x: self.x.axpy(alpha, &k.x)?,
-            a: self.a.axpy(alpha, &k.a)?,
+            x: self.x.lincomb(&xs)?,
+            a: self.a.lincomb(&as_)?,
         })
     }
 }

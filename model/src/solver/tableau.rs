@@ -7,10 +7,11 @@
 //! X'  = X + dt sum_s b_s k_s
 //! ```
 //!
-//! The step is generic over the state (`Axpy`): the forward solve steps a `Var` (so the tape can
+//! The step is generic over the state (`Combine`): the forward solve steps a `Var` (so the tape can
 //! record or checkpoint it), and the adjoint steps the pair (state, adjoint) as plain tensors.
 
 use odeflow_autodiff::{Result, Var};
+use odeflow_runtime::ops::elementwise;
 use odeflow_runtime::Tensor;
 
 /// An explicit Runge-Kutta method: stage times `c`, stage mixing `a` (row s has s entries, the
@@ -65,27 +66,29 @@ pub const RK4: Tableau = Tableau {
     order: 4,
 };
 
-/// A state a Runge-Kutta step can advance: it only needs `self + alpha k`.
-pub trait Axpy: Clone {
-    fn axpy(&self, alpha: f32, k: &Self) -> Result<Self>;
+/// A state a Runge-Kutta step can advance: it only needs `self + sum_s alpha_s k_s`, computed
+/// in one pass (`elementwise::lincomb`: each stage and the step read every slope once and write
+/// the new state once, where a chain of scale and add would make two passes per slope).
+pub trait Combine: Clone {
+    fn lincomb(&self, terms: &[(f32, &Self)]) -> Result<Self>;
 }
 
-impl Axpy for Var {
-    fn axpy(&self, alpha: f32, k: &Var) -> Result<Var> {
-        self.add(&k.scale(alpha)?)
+impl Combine for Var {
+    fn lincomb(&self, terms: &[(f32, &Var)]) -> Result<Var> {
+        Var::lincomb(self, terms)
     }
 }
 
-impl Axpy for Tensor {
-    fn axpy(&self, alpha: f32, k: &Tensor) -> Result<Tensor> {
-        Ok(self.add(&k.scale(alpha)?)?)
+impl Combine for Tensor {
+    fn lincomb(&self, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+        Ok(elementwise::lincomb(self, terms)?)
     }
 }
 
 /// One step of `tab` from `x`: `slope(s, X_s)` gives stage s's slope k_s at its stage state.
 pub fn rk_step<S, F>(tab: &Tableau, x: &S, dt: f32, mut slope: F) -> Result<S>
 where
-    S: Axpy,
+    S: Combine,
     F: FnMut(usize, &S) -> Result<S>,
 {
     let mut k: Vec<S> = Vec::with_capacity(tab.stages());
@@ -100,14 +103,17 @@ where
 
 /// x + dt sum_j coefs_j k_j, skipping zero coefficients (so a stage that uses no earlier slope
 /// costs nothing, and the reference's Euler is exactly x + dt k).
-fn combine<S: Axpy>(x: &S, dt: f32, coefs: &[f64], k: &[S]) -> Result<S> {
-    let mut acc = x.clone();
-    for (&coef, k) in coefs.iter().zip(k) {
-        if coef != 0.0 {
-            acc = acc.axpy(coef as f32 * dt, k)?;
-        }
+fn combine<S: Combine>(x: &S, dt: f32, coefs: &[f64], k: &[S]) -> Result<S> {
+    let terms: Vec<(f32, &S)> = coefs
+        .iter()
+        .zip(k)
+        .filter(|(&coef, _)| coef != 0.0)
+        .map(|(&coef, k)| (coef as f32 * dt, k))
+        .collect();
+    if terms.is_empty() {
+        return Ok(x.clone());
     }
-    Ok(acc)
+    x.lincomb(&terms)
 }
 
 #[cfg(test)]

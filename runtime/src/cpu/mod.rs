@@ -106,6 +106,22 @@ where
     out
 }
 
+/// `f(start, chunk)` on every chunk of `ys` (`start` is the chunk's offset), in parallel for
+/// large inputs: for loops that read several other slices at the same offsets (`lincomb`).
+pub fn for_each_chunk<F>(ys: &mut [f32], f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let body = |(c, ys): (usize, &mut [f32])| simd(|| f(c * ELEMS_PER_CHUNK, ys));
+    if ys.len() < PAR_MIN_ELEMS {
+        ys.chunks_mut(ELEMS_PER_CHUNK).enumerate().for_each(body);
+    } else {
+        ys.par_chunks_mut(ELEMS_PER_CHUNK)
+            .enumerate()
+            .for_each(body);
+    }
+}
+
 /// `f` applied pairwise to two equal-length slices, in parallel for large inputs.
 pub fn zip_map<F>(xs: &[f32], ys: &[f32], f: F) -> Vec<f32>
 where

@@ -362,6 +362,46 @@ pub fn affine_bwd(dy: &Tensor, mul: f32) -> Result<Tensor> {
     affine_fwd(dy, mul, 0.0)
 }
 
+/// y = x + sum_s alpha_s k_s in one pass: what a Runge-Kutta step does to its state (and the
+/// adjoint's to its augmented state) at every stage, which as a chain of `scale` and `add` read
+/// and wrote the state twice per term. The terms are added in order, each product rounded to f32
+/// before its sum, so in f32 the result is the chain's to the bit (in bf16 it is rounded once, at
+/// the end, instead of after every op). x and every k_s have one shape, dtype and device.
+///
+/// Shapes: x [any], each k_s [same] -> y [same]
+pub fn lincomb(x: &Tensor, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+    x.check_float("lincomb")?;
+    for (_, k) in terms {
+        x.check_same_kind("lincomb", k)?;
+        x.check_same_shape("lincomb", k)?;
+    }
+    match x.device() {
+        Device::Cpu => {
+            let mut y = x.contiguous()?.f32_data().into_owned();
+            let ks: Vec<Tensor> = terms
+                .iter()
+                .map(|(_, k)| k.contiguous())
+                .collect::<Result<_>>()?;
+            let ks: Vec<_> = ks.iter().map(|k| k.f32_data()).collect();
+            let alphas: Vec<f32> = terms.iter().map(|(alpha, _)| *alpha).collect();
+            // chunk by chunk, every term: a chunk of y stays in L1 while all the k_s are added
+            cpu::for_each_chunk(&mut y, |start, y| {
+                for (alpha, k) in alphas.iter().zip(&ks) {
+                    let k = &k[start..start + y.len()];
+                    for (y, &k) in y.iter_mut().zip(k) {
+                        *y += alpha * k;
+                    }
+                }
+            });
+            Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
+        }
+        // no fused kernel yet: the chain of scale and add it replaces on the CPU
+        Device::Cuda(_) => terms
+            .iter()
+            .try_fold(x.clone(), |acc, (alpha, k)| acc.add(&k.scale(*alpha)?)),
+    }
+}
+
 // the method forms: `x.exp()`, `a.add(&b)`, `x.scale(0.5)`, ...
 impl Tensor {
     pub fn neg(&self) -> Result<Tensor> {
@@ -417,5 +457,44 @@ impl Tensor {
     /// x + s
     pub fn add_scalar(&self, s: f32) -> Result<Tensor> {
         affine_fwd(self, 1.0, s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DType, Rng};
+
+    /// In f32 the one-pass combination rounds exactly as the chain of scale and add it replaced
+    /// (the same products, added in the same order): equal to the bit, here at a length that
+    /// takes the parallel path with a ragged last chunk.
+    #[test]
+    fn lincomb_is_the_chain_of_scale_and_add_to_the_bit() {
+        let mut rng = Rng::new(8);
+        let n = 3 * (1 << 14) + 5;
+        let x = Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut rng);
+        let ks: Vec<Tensor> = (0..4)
+            .map(|_| Tensor::randn(&[n], 0.0, 1.0, DType::F32, &mut rng))
+            .collect();
+        let alphas = [1.0f32 / 6.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 6.0];
+        let terms: Vec<(f32, &Tensor)> = alphas.iter().copied().zip(&ks).collect();
+        let fused = lincomb(&x, &terms).unwrap();
+        let chain = terms
+            .iter()
+            .try_fold(x.clone(), |acc, (a, k)| acc.add(&k.scale(*a)?))
+            .unwrap();
+        assert_eq!(
+            fused.to_vec::<f32>().unwrap(),
+            chain.to_vec::<f32>().unwrap()
+        );
+        assert_eq!(lincomb(&x, &[]).unwrap().to_vec::<f32>(), x.to_vec::<f32>());
+    }
+
+    #[test]
+    fn lincomb_refuses_terms_of_another_shape() {
+        let x = Tensor::zeros(&[3], DType::F32);
+        let k = Tensor::zeros(&[4], DType::F32);
+        let err = lincomb(&x, &[(1.0, &k)]).unwrap_err().to_string();
+        assert!(err.contains("lincomb"), "{err}");
     }
 }
