@@ -21,9 +21,8 @@
 use crate::check::{bytes_of, check_args, launch_error, Arg};
 use crate::error::{cuda, Error, Result};
 use crate::gpu::{DeviceBuffer, Gpu};
-use crate::launch::{MAX_GRID_X, MAX_GRID_YZ, MAX_STATIC_SHARED_BYTES};
+use crate::launch::{MAX_GRID_X, MAX_GRID_YZ};
 use crate::module::Module;
-use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 
 /// The head dims flash.cu instantiates. Another hd has no kernel: the runtime keeps the
@@ -259,22 +258,6 @@ fn check_grid(name: &str, shape: &FlashShape) -> Result<()> {
     bytes_of(name, &[shape.b_h, shape.t, shape.hd], 4).map(|_| ())
 }
 
-/// Raises the function's dynamic shared memory limit to `bytes` where the launch needs more
-/// than the default 48 KB (which is also the static limit). The driver call wants the device's
-/// context current on this thread, as a launch does.
-fn allow_shared(gpu: &Gpu, f: &CudaFunction, bytes: u32) -> Result<()> {
-    if bytes as usize > MAX_STATIC_SHARED_BYTES {
-        let ctx = gpu.stream().context();
-        ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
-        f.set_attribute(
-            CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes as i32,
-        )
-        .map_err(cuda("cuFuncSetAttribute"))?;
-    }
-    Ok(())
-}
-
 // ---- forward ----
 
 /// out and lse of causal attention, in new buffers, with the promoted kernels.
@@ -324,7 +307,7 @@ pub fn flash_fwd_into(
     };
     let (gpu, t) = (q.gpu().clone(), shape.t as i32);
     let f = ptx.function(&gpu, name)?;
-    allow_shared(&gpu, &f, cfg.shared_mem_bytes)?;
+    gpu.allow_dynamic_shared(&f, cfg.shared_mem_bytes)?;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(out.slice_mut()).arg(lse.slice_mut());
     launch.arg(q.slice()).arg(k.slice()).arg(v.slice()).arg(&t);
@@ -463,7 +446,7 @@ fn launch_dkdv(
     cfg: LaunchConfig,
 ) -> Result<()> {
     let f = ptx.function(gpu, FlashKernel::Dkdv.name(shape.hd)?)?;
-    allow_shared(gpu, &f, cfg.shared_mem_bytes)?;
+    gpu.allow_dynamic_shared(&f, cfg.shared_mem_bytes)?;
     let t = shape.t as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(dk.slice_mut()).arg(dv.slice_mut());
@@ -497,7 +480,7 @@ fn launch_dq(
     cfg: LaunchConfig,
 ) -> Result<()> {
     let f = ptx.function(gpu, FlashKernel::Dq.name(shape.hd)?)?;
-    allow_shared(gpu, &f, cfg.shared_mem_bytes)?;
+    gpu.allow_dynamic_shared(&f, cfg.shared_mem_bytes)?;
     let t = shape.t as i32;
     let mut launch = gpu.stream().launch_builder(&f);
     launch.arg(dq.slice_mut()).arg(dout.slice()).arg(q.slice());

@@ -9,8 +9,11 @@
 //! on a machine with no NVIDIA driver that is an `Error::NoDriver`, never a panic.
 
 use crate::error::{cuda, Error, Result};
+use crate::launch::MAX_STATIC_SHARED_BYTES;
 use crate::module::Module;
+use cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT;
 use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
@@ -76,6 +79,46 @@ impl Gpu {
         self.stream
             .synchronize()
             .map_err(cuda("cuStreamSynchronize"))
+    }
+
+    /// The device's streaming multiprocessors (132 on the H200).
+    pub fn multiprocessors(&self) -> Result<usize> {
+        let sms = self
+            .ctx
+            .attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(cuda("cuDeviceGetAttribute"))?;
+        Ok(sms.max(0) as usize)
+    }
+
+    /// Lets kernel `f` take `bytes` of dynamic shared memory: raises its limit where that is
+    /// past the default 48 KB (which is also the static limit). The driver call wants the
+    /// device's context current on this thread, as a launch does.
+    pub fn allow_dynamic_shared(&self, f: &CudaFunction, bytes: u32) -> Result<()> {
+        if bytes as usize > MAX_STATIC_SHARED_BYTES {
+            self.ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
+            f.set_attribute(
+                CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(cuda("cuFuncSetAttribute"))?;
+        }
+        Ok(())
+    }
+
+    /// How many blocks of kernel `f` (`threads` threads and `smem` bytes of dynamic shared
+    /// memory each) one multiprocessor holds at once, by the driver's count of its registers
+    /// and shared memory. 0 when not even one fits.
+    pub fn blocks_per_multiprocessor(
+        &self,
+        f: &CudaFunction,
+        threads: u32,
+        smem: u32,
+    ) -> Result<usize> {
+        self.ctx.bind_to_thread().map_err(cuda("cuCtxSetCurrent"))?;
+        let blocks = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)
+            .map_err(cuda("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+        Ok(blocks as usize)
     }
 
     /// A timing mark: an event recorded on the device's stream after everything queued so far

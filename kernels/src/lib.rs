@@ -11,7 +11,7 @@
 //! - `launch.rs`: the launch configurations and CUDA's grid limits, pure arithmetic so the CPU
 //!   tests check them;
 //! - `check.rs`: the argument checks every launcher makes before it touches the driver;
-//! - one file of launchers per `.cu` file (`elementwise.rs`, ..., `flash.rs`).
+//! - one file of launchers per `.cu` file (`elementwise.rs`, ..., `flash.rs`, `hypernet.rs`).
 //!
 //! The crate builds and its CPU tests pass on a machine with no CUDA toolkit and no GPU: the
 //! driver is loaded at run time, and `Gpu::new` without one is `Error::NoDriver` ("no CUDA
@@ -25,6 +25,7 @@ mod error;
 pub mod flash;
 pub mod gemm;
 pub mod gpu;
+pub mod hypernet;
 pub mod launch;
 pub mod layout;
 pub mod module;

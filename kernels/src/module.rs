@@ -28,10 +28,12 @@ pub enum Module {
     Strided,
     /// `kernels/cuda/flash.cu`: causal flash attention, bf16, forward and backward.
     Flash,
+    /// `kernels/cuda/hypernet.cu`: the hypernetwork's weight generation and its backward.
+    Hypernet,
 }
 
 impl Module {
-    pub const ALL: [Module; 10] = [
+    pub const ALL: [Module; 11] = [
         Module::Elementwise,
         Module::Norm,
         Module::Softmax,
@@ -42,6 +44,7 @@ impl Module {
         Module::Reduce,
         Module::Strided,
         Module::Flash,
+        Module::Hypernet,
     ];
 
     /// The position of the module in `Module::ALL` (the device's table of loaded modules).
@@ -61,6 +64,7 @@ impl Module {
             Module::Reduce => "reduce",
             Module::Strided => "strided",
             Module::Flash => "flash",
+            Module::Hypernet => "hypernet",
         }
     }
 
@@ -77,6 +81,7 @@ impl Module {
             Module::Reduce => include_str!("../ptx/reduce.ptx"),
             Module::Strided => include_str!("../ptx/strided.ptx"),
             Module::Flash => include_str!("../ptx/flash.ptx"),
+            Module::Hypernet => include_str!("../ptx/hypernet.ptx"),
         }
     }
 
