@@ -49,6 +49,13 @@ timeout 120 python3 bench/peers/torch_sdpa.py --out "$OUT/torch_sdpa.json" \
 # the fused hypernetwork kernels (each case checked against the CPU op, then timed) beside a
 # device-to-device copy of the same bytes and the composed GEMMs
 timeout 180 "$bin/gpu_hypernet" --json "$OUT/ours_hypernet.json" > "$OUT/hypernet.log" 2>&1
+# whole training steps: the GPT-2-small-shaped neural ODE and GPT-2 small at B 8 x T 1024 in
+# bf16, ours and PyTorch's (eager, bf16 autocast, SDPA, fused AdamW; per-step checkpointing on
+# both sides)
+timeout 240 "$bin/gpu_train_step" --batch 8 --reps 3 --json "$OUT/ours_train_step.json" \
+    > "$OUT/train_step.log" 2>&1
+timeout 180 python3 bench/peers/torch_train_step.py --device cuda --bf16 --only-small --batch 8 \
+    --reps 3 --fused-adamw --json > "$OUT/torch_train_step.jsonl" 2> "$OUT/torch_train_step.log"
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
@@ -127,4 +134,37 @@ for r in load("ours_hypernet.json"):
     met = "met" if r["fraction_of_copy"] >= 0.8 else "short"
     print(f"| {r['op']} | {r['p']} | {r['fused_us']:.1f} | {r['gbps']:.0f} | {r['copy_gbps']:.0f} "
           f"| {r['fraction_of_copy']:.2f} ({met}) | {r['speedup']:.2f} | {r['host_us']:.1f} |")
+PY
+echo
+python3 - "$OUT" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name)))
+    except Exception as e:
+        print(f"({name}: {e})")
+        return []
+def load_lines(name):
+    try:
+        return [json.loads(l) for l in open(os.path.join(out, name)) if l.strip()]
+    except Exception as e:
+        print(f"({name}: {e})")
+        return []
+# issue 10's target: odeflow's training step at >= 1.0x PyTorch's tokens/s, for both models
+torch = {r["model"]: r for r in load_lines("torch_train_step.jsonl")}
+print("| training step, bf16, B 8 x T 1024 | tokens/s | torch tokens/s | x torch (>= 1.0) "
+      "| MFU | torch MFU | peak GB | torch peak GB |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for r in load("ours_train_step.json"):
+    t = torch.get(r["model"])
+    if "error" in r:
+        print(f"| {r['model']} | error: {r['error']} | | | | | | |")
+        continue
+    theirs = f"{t['tokens_per_s']:.0f}" if t else ""
+    ratio = f"{r['tokens_per_s'] / t['tokens_per_s']:.2f}" if t else ""
+    their_mfu = f"{t['mfu'] * 100:.1f}%" if t and t.get("mfu") is not None else ""
+    their_peak = f"{t['peak_bytes'] / 1e9:.1f}" if t else ""
+    print(f"| {r['model']} | {r['tokens_per_s']:.0f} | {theirs} | {ratio} | {r['mfu'] * 100:.1f}% "
+          f"| {their_mfu} | {r['peak_bytes'] / 1e9:.1f} | {their_peak} |")
 PY

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds here, in release mode, everything bench/gpu/check.sh runs on the GPU machine (which has
 # no Rust toolchain): the test binaries that hold GPU tests (gpu_flash and gpu_hypernet among the
-# gpu_* ones), and the GPU benches (gpu_kernels, the flash workbench flash_workbench, and
-# gpu_hypernet). They are built into target/gpu-bin/ and packed into bench/gpu/bin/bundle.tar.gz
-# (ignored by git), which the device call names in `carry`:
+# gpu_* ones), and the GPU benches (gpu_kernels, the flash workbench flash_workbench,
+# gpu_hypernet, and the whole training step gpu_train_step). They are built into target/gpu-bin/
+# and packed into bench/gpu/bin/bundle.tar.gz (ignored by git), which the device call names in
+# `carry`:
 #
 #   bash bench/gpu/prepare.sh
 #   device run: bash bench/gpu/check.sh      carry: ["bench/gpu/bin"]
@@ -32,10 +33,11 @@ for line in sys.stdin:
         if (kind == "lib" and name in gpu_libs) or name.startswith("gpu_") or name == "train_cli":
             shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
-cargo build --release -p odeflow-bench --bin gpu_kernels --bin flash_workbench --bin gpu_hypernet
+cargo build --release -p odeflow-bench --bin gpu_kernels --bin flash_workbench --bin gpu_hypernet \
+    --bin gpu_train_step
 cargo build --release -p odeflow-model --bin train
 cp target/release/gpu_kernels target/release/flash_workbench target/release/gpu_hypernet \
-    target/release/train "$out/"
+    target/release/gpu_train_step target/release/train "$out/"
 strip --strip-all "$out"/* 2>/dev/null || true
 ls -la "$out"
 tar -czf "$carry/bundle.tar.gz" -C "$out" .

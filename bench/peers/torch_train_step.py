@@ -1,5 +1,5 @@
-"""The PyTorch peer of `train_step`: one training step of the same models, in eager PyTorch on
-the CPU.
+"""The PyTorch peer of `train_step` (CPU) and `gpu_train_step` (CUDA): one training step of the
+same models, in eager PyTorch.
 
 Install (once, from the workspace root; PyPI serves a CUDA build of torch, about 5 GB, that
 runs on the CPU as it is):
@@ -12,13 +12,23 @@ Run (from the workspace root):
     bench/peers/.venv/bin/python bench/peers/torch_train_step.py [--small] [--reps 5]
         [--threads 2] [--no-checkpoint] [--fused-adamw] [--json]
 
+and on a GPU, the peer of `gpu_train_step` (bench/gpu/check.sh runs it so): the two small cases
+only, at batch B, in bf16 autocast (matrix products and SDPA's flash attention in bf16 on the
+tensor cores, norms, softmax and the loss in f32, the parameters and AdamW in f32, as the Rust
+`Precision::Bf16` does), each phase ended by torch.cuda.synchronize:
+
+    python3 bench/peers/torch_train_step.py --device cuda --bf16 --only-small --batch 8 \
+        --fused-adamw --reps 3 --json
+
 The cases, shapes, parameter counts, initialisation, dropout and optimiser settings are those
 of `bench/src/bin/train_step.rs` (see `model/src/config.rs` and MODEL.md); each model's
 parameter count is checked against `Config::param_count`, mirrored below by the same
 arithmetic. One step = forward with the loss, backward, then global-norm clipping, AdamW and
 zero_grad, each phase timed with `time.perf_counter` (CPU ops are synchronous). Each figure is
 the best of --reps steps after one warm-up step; `step ms` is the sum of the three bests, as in
-the Rust table. --json prints one JSON object per case instead of the markdown table.
+the Rust table. --json prints one JSON object per case instead of the markdown table. On CUDA
+the rows also give the model FLOPs utilisation, by the count of gpu_train_step.rs: PaLM's
+6 (L 12 D^2 + D V) + 12 L D T per token, over the H200's dense bf16 peak.
 
 Like the Rust models, each Euler step (each GPT-2 layer) is checkpointed by default: its forward
 is recomputed in the backward pass, as the paper's reference does. --no-checkpoint keeps every
@@ -49,6 +59,8 @@ FINAL_RMS_EPS = 1e-5
 TIME_BASE = 10000.0  # phi(t): w_k = TIME_BASE^(-k/S)
 TIME_SCALE = 1000.0  # phi(t): sin(TIME_SCALE t w_k)
 ROPE_BASE = 10000.0
+# the H200's dense bf16 tensor-core peak, FLOP/s (gpu_train_step.rs's PEAK_BF16_FLOPS)
+PEAK_BF16_FLOPS = 989.4e12
 
 
 @dataclass
@@ -122,14 +134,14 @@ def linear(x, w, b=None):
     return F.linear(x, w.t(), b)
 
 
-def phi_rows(ts, s):
-    """phi(t) of MODEL.md section 2, one row per t, computed in f64 and rounded once.
+def phi_rows(ts, s, device):
+    """phi(t) of MODEL.md section 2, one row per t, computed in f64 on the CPU and rounded once.
 
     Shapes: ts [N] -> [N, 2S+1]"""
     t = torch.tensor(ts, dtype=torch.float64)[:, None]
     w = TIME_BASE ** (-torch.arange(s, dtype=torch.float64) / s)
     angle = TIME_SCALE * t * w
-    return torch.cat([t, angle.sin(), angle.cos()], dim=1).float()
+    return torch.cat([t, angle.sin(), angle.cos()], dim=1).float().to(device)
 
 
 class HyperNet(nn.Module):
@@ -162,7 +174,8 @@ class TemporalLinear(nn.Module):
         Shapes: phi [N, 2S+1] -> N x (w [d_in, d_out], b [d_out] or None)"""
         e1, d_in, d_out = self.weight.shape
         h = self.hyper(phi)  # [N, E]
-        rows = torch.cat([torch.ones(len(h), 1), h], dim=1)  # [N, E+1]: [1, h(t_j)]
+        ones = torch.ones(len(h), 1, device=h.device, dtype=h.dtype)
+        rows = torch.cat([ones, h], dim=1)  # [N, E+1]: [1, h(t_j)]
         w = (rows @ self.weight.view(e1, d_in * d_out)).view(-1, d_in, d_out)
         # unbind, not w[j]: its backward stacks the N gradients in one copy, where N separate
         # index backwards would each write a zero-filled [N, d_in, d_out] tensor
@@ -220,13 +233,13 @@ def gpt_mlp(x, c_fc, c_proj):
     return linear(F.gelu(linear(x, *c_fc), approximate="tanh"), *c_proj)
 
 
-def rope_tables(t, hd):
+def rope_tables(t, hd, device):
     """cos, sin of pos theta_k, theta_k = base^(-2k/hd), each frequency on both halves.
 
     Shapes: -> cos, sin [T, hd]"""
     k = torch.arange(hd, dtype=torch.float64) % (hd // 2)
     angle = torch.arange(t, dtype=torch.float64)[:, None] * ROPE_BASE ** (-2 * k / hd)
-    return angle.cos().float(), angle.sin().float()
+    return angle.cos().float().to(device), angle.sin().float().to(device)
 
 
 def rope(x, cos, sin):
@@ -240,7 +253,7 @@ def rope(x, cos, sin):
 def llama_attention(x, q, k, v, o, n_heads):
     """Shapes: x [B, T, D] (normalised) -> [B, T, D]"""
     b, t, d = x.shape
-    cos, sin = rope_tables(t, d // n_heads)
+    cos, sin = rope_tables(t, d // n_heads, x.device)
 
     def heads(w):
         return linear(x, *w).view(b, t, n_heads, d // n_heads).transpose(1, 2)
@@ -295,7 +308,7 @@ class NeuralOde(nn.Module):
         cfg = self.cfg
         n = cfg.n_steps
         ts = [(i + 1) / n for i in range(n)]  # right-end Euler: t_i = (i + 1) dt
-        phi = phi_rows(ts, cfg.sinusoidal_dim)
+        phi = phi_rows(ts, cfg.sinusoidal_dim, self.wte.device)
         # every module's weights at all N times, outside the checkpointed steps (as in Rust)
         per_module = [self.block[m].at(phi) for m in self.block]
         steps = list(zip(*per_module))  # N x (one weight pair per module)
@@ -402,44 +415,64 @@ def optimizer(model, fused):
 
 
 def time_steps(model, batch, reps, args):
-    """The best time of each phase (forward, backward, optimiser) over `reps` steps, in s."""
+    """The best time of each phase (forward, backward, optimiser) over `reps` steps, in s, and
+    the CUDA allocator's peak bytes over the timed steps (0 on the CPU)."""
     cfg = model.cfg
     opt = optimizer(model, args.fused_adamw)
     params = list(model.parameters())
     gen = torch.Generator().manual_seed(1)
+    cuda = args.device == "cuda"
+
+    def now():
+        # CUDA ops are asynchronous: a phase ends when the device has finished it
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
     best = [math.inf] * 3
     for rep in range(reps + 1):
         x, y = (torch.randint(cfg.vocab_size, (batch, cfg.seq_len), generator=gen)
-                for _ in range(2))
-        start = time.perf_counter()
-        logits = model(x, not args.no_checkpoint)
-        loss = F.cross_entropy(logits.view(-1, cfg.vocab_size), y.view(-1))
-        forward = time.perf_counter()
+                .to(args.device) for _ in range(2))
+        if cuda and rep == 1:
+            torch.cuda.reset_peak_memory_stats()
+        start = now()
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+            logits = model(x, not args.no_checkpoint)
+            loss = F.cross_entropy(logits.view(-1, cfg.vocab_size), y.view(-1))
+        forward = now()
         loss.backward()
-        backward = time.perf_counter()
+        backward = now()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        end = time.perf_counter()
-        if rep > 0:  # rep 0 warms up: allocator, thread pool, first-touch pages
+        end = now()
+        if rep > 0:  # rep 0 warms up: allocator, thread pool, first-touch pages, kernels
             phases = [forward - start, backward - forward, end - backward]
             best = [min(b, p) for b, p in zip(best, phases)]
-    return best
+    return best, torch.cuda.max_memory_allocated() if cuda else 0
 
 
-def cases(small):
-    """The cases of train_step.rs, in its order: (label, config, batch)."""
+def flops_per_token(cfg):
+    """Model FLOPs of one token's training step (gpu_train_step.rs's `flops_per_token`)."""
+    l, d, v, t = cfg.n_steps, cfg.d_model, cfg.vocab_size, cfg.seq_len
+    return 6 * (l * 12 * d * d + d * v) + 12 * l * d * t
+
+
+def cases(args):
+    """The cases of train_step.rs, in its order: (label, config, batch); with --only-small
+    those of gpu_train_step.rs."""
     tiny = [
         ("neural-ode tiny", Config("neural-ode"), 12),
         ("llama-ode tiny", Config("llama-ode"), 12),
         ("gpt2 tiny (4 layers)", Config("gpt2"), 12),
     ]
-    if not small:
-        return tiny
-    return tiny + [
-        ("neural-ode small", small_config("neural-ode"), 1),
-        ("gpt2 small", small_config("gpt2"), 1),
+    small = [
+        ("neural-ode small", small_config("neural-ode"), args.batch),
+        ("gpt2 small", small_config("gpt2"), args.batch),
     ]
+    if args.only_small:
+        return small
+    return tiny + small if args.small else tiny
 
 
 def main():
@@ -450,36 +483,57 @@ def main():
     ap.add_argument("--no-checkpoint", action="store_true", help="keep all activations")
     ap.add_argument("--fused-adamw", action="store_true", help="torch's fused CPU AdamW")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of the table")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (mixed precision)")
+    ap.add_argument("--batch", type=int, default=1, help="B of the small cases")
+    ap.add_argument("--only-small", action="store_true", help="only the D = 768 cases")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device visible to torch; run with --device cpu")
+    if args.bf16 and args.device != "cuda":
+        # the CPU's autocast keeps layer_norm's parameters f32 and its input bf16, and refuses
+        raise SystemExit("--bf16 is the GPU peer's setting: add --device cuda")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if not args.json:
-        print(f"torch {torch.__version__}, {args.threads} threads, "
+        where = torch.cuda.get_device_name() if args.device == "cuda" else f"{args.threads} threads"
+        print(f"torch {torch.__version__}, {where}, "
+              f"{'bf16 autocast' if args.bf16 else 'f32'}, "
               f"checkpoint {'off' if args.no_checkpoint else 'on'}, "
               f"AdamW {'fused' if args.fused_adamw else 'default'}")
         print("| model | B x T | params | forward ms | backward ms | AdamW ms | step ms "
-              "| tokens/s |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for label, cfg, batch in cases(args.small):
+              "| tokens/s | MFU |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, cfg, batch in cases(args):
         model = Gpt2(cfg) if cfg.model == "gpt2" else NeuralOde(cfg)
         params = sum(p.numel() for p in model.parameters())
         want = rust_param_count(cfg)
         assert params == want, f"{label}: {params} parameters, Config::param_count says {want}"
-        fwd, bwd, opt = time_steps(model, batch, args.reps, args)
+        model.to(args.device)
+        (fwd, bwd, opt), peak = time_steps(model, batch, args.reps, args)
         step = fwd + bwd + opt
         tokens = batch * cfg.seq_len
+        # utilisation only means something against the tensor cores' peak
+        mfu = None
+        if args.device == "cuda":
+            mfu = tokens / step * flops_per_token(cfg) / PEAK_BF16_FLOPS
         if args.json:
             print(json.dumps({
                 "model": label, "batch": batch, "seq_len": cfg.seq_len, "params": params,
                 "forward_ms": fwd * 1e3, "backward_ms": bwd * 1e3, "adamw_ms": opt * 1e3,
-                "step_ms": step * 1e3, "tokens_per_s": tokens / step,
+                "step_ms": step * 1e3, "tokens_per_s": tokens / step, "mfu": mfu,
+                "peak_bytes": peak, "device": args.device, "bf16": args.bf16,
                 "threads": args.threads, "checkpoint": not args.no_checkpoint,
                 "fused_adamw": args.fused_adamw, "torch": torch.__version__,
-            }))
+            }), flush=True)
         else:
+            util = f"{mfu * 100:.1f}%" if mfu is not None else ""
             print(f"| {label} | {batch} x {cfg.seq_len} | {params / 1e6:.2f} M "
                   f"| {fwd * 1e3:.1f} | {bwd * 1e3:.1f} | {opt * 1e3:.1f} | {step * 1e3:.1f} "
-                  f"| {tokens / step:.0f} |", flush=True)
+                  f"| {tokens / step:.0f} | {util} |", flush=True)
+        del model
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
