@@ -13,8 +13,8 @@
 //! into one [N, P] copy, and it reads them once for both dh and df. The kernels and their
 //! byte counts are in `cpu/hypernet.rs`.
 //!
-//! On CUDA the op is, for now, the same math composed from the existing kernels (a join of the
-//! steps' gradients, then the GEMM twice); a fused kernel is `cuda::hypernet`'s business.
+//! On CUDA the op runs the fused kernels of `kernels/cuda/hypernet.cu` (`cuda::hypernet`), which
+//! move the same bytes once, and likewise read the steps' gradients where they lie.
 
 use crate::cpu::hypernet as kernel;
 use crate::{Device, Error, Result, Tensor};
@@ -77,7 +77,10 @@ pub fn generate_bwd(dws: &[Tensor], h: &Tensor, f: &Tensor) -> Result<(Tensor, T
     if dws.len() != n {
         return Err(Error::InvalidArgument {
             op: "generate_bwd",
-            msg: format!("needs one gradient per step: {n} steps, {} gradients", dws.len()),
+            msg: format!(
+                "needs one gradient per step: {n} steps, {} gradients",
+                dws.len()
+            ),
         });
     }
     for dw in dws {
