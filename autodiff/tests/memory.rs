@@ -41,9 +41,9 @@ fn after_backward_only_the_gradients_remain() {
         let x0 = tape.leaf(x0.clone());
         let loss = model.loss(&tape, &x0, &r, checkpoint).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        drop(grads); // holds dx0
-                     // the tape and the pass's Vars are still alive here, but the tape saved nothing more:
-                     // what is left is the parameters' gradients and the loss scalar
+        // grads holds dx0; the tape and the pass's Vars are still alive here, but the tape
+        // saved nothing more: what is left is the parameters' gradients and the loss scalar
+        drop(grads);
         assert_eq!(
             memory::live_bytes() - base,
             param_grad_bytes(&model) + F32,

@@ -166,7 +166,8 @@ proptest! {
         // backward must read it as zeros
         let h = input(&[n, k], Layout::Contiguous, seed, -1.0, 1.0);
         let f = input(&[k, d_in, d_out], Layout::Contiguous, seed ^ 5, -1.0, 1.0);
-        let (p, kept): (usize, Vec<usize>) = (d_in * d_out, (0..n).filter(|&i| i != skip).collect());
+        let p = d_in * d_out;
+        let kept: Vec<usize> = (0..n).filter(|&i| i != skip).collect();
         if kept.is_empty() {
             return Ok(());
         }

@@ -5,12 +5,13 @@
 //! cargo run --release -p odeflow-bench --bin attention [-- --reps 5 --json out.json]
 //! ```
 //!
-//! Shapes: B = 2, H = 4 (b_h = 8 heads, a few per core), hd 32 (the tiny preset) and 64
-//! (GPT-2's), T from 128 to 2048; then the tiny preset's training shape (B 12, H 4, T 64). Each time is the best of `--reps` calls. Memory is the tensor
-//! storage meter (`odeflow_runtime::memory`): "saved" is what the forward leaves for the backward
-//! besides its output (the [B, H, T, T] probabilities, or the [B, H, T] log-sum-exp), "peak" the
-//! most held at once over forward and backward. The meter does not see an op's scratch buffers,
-//! which for the tiled kernel are a few [64, 64] tiles per thread (about 50 KiB in all here).
+//! Shapes: B = 2, H = 4 (b_h = 8 heads, a few per core), hd 32 (the tiny preset) and 64 (GPT-2's),
+//! T from 128 to 2048; then the tiny preset's training shape (B 12, H 4, T 64). Each time is the
+//! best of `--reps` calls. Memory is the tensor storage meter (`odeflow_runtime::memory`): "saved"
+//! is what the forward leaves for the backward besides its output (the [B, H, T, T] probabilities,
+//! or the [B, H, T] log-sum-exp), "peak" the most held at once over forward and backward. The meter
+//! does not see an op's scratch buffers, which for the tiled kernel are a few [64, 64] tiles per
+//! thread (about 50 KiB in all here).
 //!
 //! A second table times the tiled backward's two schedules (`BwdSchedule`) against each other at
 //! b_h = 32 heads (B = 8, H = 4), where `flash_bwd` switches from two passes to one per head.
