@@ -56,6 +56,10 @@ timeout 240 "$bin/gpu_train_step" --batch 8 --reps 3 --json "$OUT/ours_train_ste
     > "$OUT/train_step.log" 2>&1
 timeout 180 python3 bench/peers/torch_train_step.py --device cuda --bf16 --only-small --batch 8 \
     --reps 3 --fused-adamw --json > "$OUT/torch_train_step.jsonl" 2> "$OUT/torch_train_step.log"
+# the adjoint-vs-discretise memory experiment on the device (issue 10): the allocator's peak
+# per gradient mode as L grows to 96
+timeout 150 "$bin/adjoint_memory" --device cuda --widths 128 --steps 4,16,48,96 --segments 8 \
+    --reps 1 --out-dir "$OUT/adjoint_memory" > "$OUT/adjoint_memory.log" 2>&1
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
@@ -64,6 +68,9 @@ echo "|---|---|---|"
 printf '%s\n' "${summary[@]}"
 echo
 grep -h "FAILED\|panicked" "$OUT/tests.log" | head -20
+echo
+echo "adjoint memory on the GPU (allocator peak, MiB):"
+cat "$OUT/adjoint_memory/table.md" 2>/dev/null || tail -3 "$OUT/adjoint_memory.log"
 echo
 python3 - "$OUT" <<'PY'
 import json, os, sys

@@ -19,6 +19,10 @@
 //! - **state drift** (the adjoint's rows): |X~(0) - X(0)| / |X(0)|, where X~(0) is the state the
 //!   backward solve re-integrates from X(1) (`Solver::reintegrate`).
 //!
+//! `--device cuda` runs the same on the GPU: the peak is then the device allocator's (the bytes
+//! it lent at the peak of the step, beyond those lent before it), and each time waits for the
+//! device to finish.
+//!
 //! The fresh models are at their initialisation; `--checkpoint` adds the rows of a trained ODE
 //! checkpoint at its own width (its gradients are those of a model that has learnt something).
 //! Writes `table.md`, `results.json`, `memory.png`, `error.png` and `time.png` into --out-dir.
@@ -27,7 +31,7 @@ use clap::Parser;
 use odeflow_autodiff::{memory, Param, Tape};
 use odeflow_model::plot::{plot_curves, Curve};
 use odeflow_model::{checkpoint, Config, Forward, GradMode, Model, ModelKind, Solver};
-use odeflow_runtime::{Rng, Tensor};
+use odeflow_runtime::{Device, Rng, Tensor};
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -61,6 +65,9 @@ struct Args {
     /// A trained ODE checkpoint to measure as well, at its own width.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// cpu, or cuda[:N]: where the models and the batch live.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 /// One cell of the table.
@@ -110,10 +117,13 @@ fn run(args: &Args) -> Result<()> {
             .map(|&k| GradMode::CheckpointedAdjoint(k)),
     );
     let mut rows = Vec::new();
+    let device = args.device;
     for (label, model) in &models {
+        model.to_device(device)?;
         let cfg = model.config();
         let t = args.seq_len.min(cfg.seq_len);
         let (ids, targets) = batch(args.batch, t, cfg.vocab_size);
+        let (ids, targets) = (ids.to_device(device)?, targets.to_device(device)?);
         for &l in &args.steps {
             let mut exact = Vec::new();
             let drift = state_drift(model, &ids, args.solver, l)?;
@@ -168,7 +178,8 @@ fn state_drift(model: &Model, ids: &Tensor, solver: Solver, l: usize) -> Result<
         .no_grad(|| ode.embed(&tape, ids))?
         .value()
         .to_vec::<f32>()?;
-    let x0 = Tensor::from_vec(x0, &[ids.shape()[0], ids.shape()[1], ode.config().d_model])?;
+    let x0 = Tensor::from_vec(x0, &[ids.shape()[0], ids.shape()[1], ode.config().d_model])?
+        .to_device(ids.device())?;
     let field = ode.field(None);
     let x1 = solver.integrate(&x0, &field, l)?;
     let back = solver.reintegrate(&x1, &field, l)?;
@@ -202,12 +213,35 @@ fn measure(
         tape.backward(&loss)?;
         Ok(())
     };
-    let (warm, usage) = memory::measure(step);
-    warm?;
+    let device = ids.device();
+    let peak = match device {
+        Device::Cuda(n) => {
+            // the device allocator's count: what it lent at the step's peak beyond the start
+            let gpu = odeflow_runtime::cuda::gpu(n)?;
+            gpu.synchronize()?;
+            let before = gpu.memory().lent;
+            gpu.reset_peak();
+            step()?;
+            gpu.synchronize()?;
+            gpu.memory().peak.saturating_sub(before)
+        }
+        _ => {
+            let (warm, usage) = memory::measure(step);
+            warm?;
+            usage.peak
+        }
+    };
+    let wait = || -> Result<()> {
+        if let Device::Cuda(n) = device {
+            odeflow_runtime::cuda::gpu(n)?.synchronize()?;
+        }
+        Ok(())
+    };
     let mut best = f64::INFINITY;
     for _ in 0..reps {
         let start = Instant::now();
         step()?;
+        wait()?;
         best = best.min(start.elapsed().as_secs_f64());
     }
     let mut grads = Vec::new();
@@ -218,7 +252,7 @@ fn measure(
         }
     }
     model.params().iter().for_each(Param::zero_grad);
-    Ok((usage.peak, best, grads))
+    Ok((peak, best, grads))
 }
 
 fn relative_error(g: &[f32], exact: &[f32]) -> f64 {
