@@ -65,7 +65,8 @@ proptest! {
     #[test]
     fn unary_ops(shape in shapes(0, 3), layout in layouts(), seed in any::<u64>(),
                  op in prop::sample::select(UNARY.to_vec())) {
-        let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_));
+        let positive =
+            matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt | UnaryOp::Powf(_));
         let (lo, hi) = if positive { (0.5, 2.5) } else { (-3.0, 3.0) };
         let x = input(&shape, layout, seed, lo, hi);
         check_grads(op.name(), &[x], |v| apply_unary(op, &v[0]), |a| r::unary(op, &a[0]), F32_TOL);
@@ -274,7 +275,8 @@ proptest! {
     fn cross_entropy_with_ignored_rows(n in 1usize..6, vocab in 2usize..7, seed in any::<u64>(),
                                        ignore_first in any::<bool>()) {
         let logits = input(&[n, vocab], Layout::Contiguous, seed, -3.0, 3.0);
-        let mut targets: Vec<u32> = (0..n).map(|i| ((seed as usize + i * 5) % vocab) as u32).collect();
+        let mut targets: Vec<u32> =
+            (0..n).map(|i| ((seed as usize + i * 5) % vocab) as u32).collect();
         const IGNORE: u32 = u32::MAX;
         if ignore_first { targets[0] = IGNORE; }
         let t = Tensor::from_vec(targets.clone(), &[n]).unwrap();

@@ -92,17 +92,7 @@ for r in ours:
     vs_copy = f"{r['rate'] / copy:.2f}" if copy and r["unit"] == "GB/s" else ""
     theirs = f"{t['rate']:.1f}" if t else ""
     print(f"| {r['op']} | {r['rate']:.1f} {r['unit']} | {theirs} | {vs_torch} | {vs_copy} |")
-PY
-echo
-python3 - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-    try:
-        return json.load(open(os.path.join(out, name)))
-    except Exception as e:
-        print(f"({name}: {e})")
-        return []
+print()
 # targets of issue 9: forward >= 0.8x, backward >= 0.6x of PyTorch's flash backend
 torch = {r["t"]: r for r in load("torch_sdpa.json")}
 print("| flash attention, B 8 H 12 hd 64 causal bf16 | T | fwd TFLOP/s | bwd TFLOP/s "
@@ -119,17 +109,7 @@ for r in load("ours_flash.json"):
           f"| {fwd} | {bwd} |")
 for t in torch.values():
     print(f"| torch sdpa flash | {t['t']} | {t['fwd_tflops']:.1f} | {t['bwd_tflops']:.1f} | | |")
-PY
-echo
-python3 - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-    try:
-        return json.load(open(os.path.join(out, name)))
-    except Exception as e:
-        print(f"({name}: {e})")
-        return []
+print()
 # issue 10's target: the fused kernels at >= 80% of a device-to-device copy of the same bytes
 print("| hypernet, N 12 K 21 | P | us | GB/s | copy GB/s | x copy (>= 0.8) | fused / composed "
       "| host us |")
@@ -141,17 +121,7 @@ for r in load("ours_hypernet.json"):
     met = "met" if r["fraction_of_copy"] >= 0.8 else "short"
     print(f"| {r['op']} | {r['p']} | {r['fused_us']:.1f} | {r['gbps']:.0f} | {r['copy_gbps']:.0f} "
           f"| {r['fraction_of_copy']:.2f} ({met}) | {r['speedup']:.2f} | {r['host_us']:.1f} |")
-PY
-echo
-python3 - "$OUT" <<'PY'
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-    try:
-        return json.load(open(os.path.join(out, name)))
-    except Exception as e:
-        print(f"({name}: {e})")
-        return []
+print()
 def load_lines(name):
     try:
         return [json.loads(l) for l in open(os.path.join(out, name)) if l.strip()]

@@ -3,7 +3,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `spectra.rs` | eigenvalues of W_Q^h W_K^hᵀ, W_V^h W_O^h (per head) and W_fc W_proj, at any t |
+//! | `spectra.rs` | eigenvalues of W_Q^h W_K^hᵀ, W_V^h W_O^h (per head), W_fc W_proj, at any t |
 //! | `sensitivity.rs` | a prompt's trajectory, J_k = dF_j/dX_k by the tape, per-token exponents |
 //! | `lyapunov.rs` | the QR iteration, the linearised Runge-Kutta step, Kaplan-Yorke |
 //! | `linalg.rs` | eigenvalues and thin QR in f64 (nalgebra) |

@@ -3,19 +3,19 @@
 //! W_fc W_proj, at every time t the caller asks for (or every layer of a fixed-depth model).
 //!
 //! ```text
-//! score(x_a, x_b) = (x_a W_Q^h) (x_b W_K^h)ᵀ = x_a (W_Q^h W_K^hᵀ) x_bᵀ      QK: D x D, rank <= hd
-//! head output     = softmax(..) X W_V^h W_O^h                              OV: D x D, rank <= hd
-//! MLP, gelu ~ linear:  x W_fc W_proj                                       MLP: D x D
+//! score(x_a, x_b) = (x_a W_Q^h)(x_b W_K^h)ᵀ = x_a (W_Q^h W_K^hᵀ) x_bᵀ  QK: D x D, rank <= hd
+//! head output     = softmax(..) X W_V^h W_O^h                          OV: D x D, rank <= hd
+//! MLP, gelu ~ linear:  x W_fc W_proj                                   MLP: D x D
 //! ```
 //!
 //! W_Q^h, W_K^h, W_V^h are [D, hd] (head h's columns of its projection, as the attention splits
 //! them) and W_O^h is [hd, D] (head h's rows of the output projection). A product A Bᵀ of two
 //! [D, hd] matrices has the non-zero eigenvalues of the hd x hd matrix Bᵀ A (if A Bᵀ v = λ v
-//! with λ != 0, then w = Bᵀ v != 0 and Bᵀ A w = λ w), and D - hd zeros besides; so each head costs
-//! an hd x hd eigen-decomposition, not a D x D one:
+//! with λ != 0, then w = Bᵀ v != 0 and Bᵀ A w = λ w), and D - hd zeros besides; so each head
+//! costs an hd x hd eigen-decomposition, not a D x D one:
 //!
 //! ```text
-//! spec(W_Q^h W_K^hᵀ) \ {0} = spec(W_K^hᵀ W_Q^h)      spec(W_V^h W_O^h) \ {0} = spec(W_O^h W_V^h)
+//! spec(W_Q^h W_K^hᵀ) \ {0} = spec(W_K^hᵀ W_Q^h)    spec(W_V^h W_O^h) \ {0} = spec(W_O^h W_V^h)
 //! ```
 //!
 //! What is left out, as in the paper: the norms' gains (1 + h(t) G) in front of each branch, the

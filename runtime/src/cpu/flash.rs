@@ -220,7 +220,7 @@ pub fn flash_bwd_scheduled(
                 .zip(dv_h.par_chunks_mut(block_k * hd))
                 .enumerate()
                 .for_each(|(kb, (dk_b, dv_b))| {
-                    bwd_key_block(&head, &saved, kb * block_k, block_q, dk_b, dv_b)
+                    bwd_key_block(&head, &saved, kb * block_k, block_q, dk_b, dv_b, |_, _| ())
                 });
         });
 
@@ -548,34 +548,23 @@ fn bwd_head(
     dk_h: &mut [f32],
     dv_h: &mut [f32],
 ) {
-    let (hd, t) = (head.hd, head.t);
-    let mut p = vec![0.0f32; block_q * block_k];
-    let mut ds = vec![0.0f32; block_q * block_k];
-    for k0 in (0..t).step_by(block_k) {
-        let cols = block_k.min(t - k0);
-        let keys = k0 * hd..(k0 + cols) * hd;
-        for q0 in (k0..t).step_by(block_q) {
-            let tile = Tile {
-                q0,
-                rows: block_q.min(t - q0),
-                k0,
-                cols,
-            };
-            let (p, ds) = (&mut p[..tile.len()], &mut ds[..tile.len()]);
-            probs_tile(head, saved, tile, p);
-            dscores_tile(head, saved, tile, p, ds);
-            let dout_blk = saved.dout_rows(q0, tile.rows);
-            // dv += p^T dout, dk += ds^T q, dq += ds k
-            tile_gemm(tile.view(p).t(), dout_blk, &mut dv_h[keys.clone()], true);
-            let q_blk = head.q_rows(q0, tile.rows);
-            tile_gemm(tile.view(ds).t(), q_blk, &mut dk_h[keys.clone()], true);
-            let dq_rows = &mut dq_h[q0 * hd..(q0 + tile.rows) * hd];
-            tile_gemm(tile.view(ds), head.k_rows(k0, cols), dq_rows, true);
-        }
+    let hd = head.hd;
+    let blocks = dk_h
+        .chunks_mut(block_k * hd)
+        .zip(dv_h.chunks_mut(block_k * hd));
+    for (kb, (dk_b, dv_b)) in blocks.enumerate() {
+        let k0 = kb * block_k;
+        // the key block's dk, dv as in pass 1, and each tile's dS also adds dq += ds k
+        bwd_key_block(head, saved, k0, block_q, dk_b, dv_b, |tile, ds| {
+            let dq_rows = &mut dq_h[tile.q0 * hd..(tile.q0 + tile.rows) * hd];
+            tile_gemm(tile.view(ds), head.k_rows(k0, tile.cols), dq_rows, true);
+        });
     }
 }
 
 /// dk and dv of keys k0..k0 + cols of one head: sums over the queries that see them, i >= k0.
+/// `on_tile(tile, ds)` is handed each tile's dS once it is used (the per-head schedule adds
+/// dq from it; pass 1 of the two passes ignores it).
 ///
 /// Shapes: dk_b, dv_b [cols, hd]; scratch: two [block_q, cols] tiles (p and ds)
 fn bwd_key_block(
@@ -585,6 +574,7 @@ fn bwd_key_block(
     block_q: usize,
     dk_b: &mut [f32],
     dv_b: &mut [f32],
+    mut on_tile: impl FnMut(Tile, &[f32]),
 ) {
     let (hd, t) = (head.hd, head.t);
     let cols = dk_b.len() / hd;
@@ -605,6 +595,7 @@ fn bwd_key_block(
         let dout_blk = saved.dout_rows(q0, tile.rows);
         tile_gemm(tile.view(p).t(), dout_blk, dv_b, true);
         tile_gemm(tile.view(ds).t(), head.q_rows(q0, tile.rows), dk_b, true);
+        on_tile(tile, ds);
     }
 }
 
