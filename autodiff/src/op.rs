@@ -157,12 +157,7 @@ impl Op {
         // generate: w_i = sum_k h[i, k] f[k] -> dh, df from the steps' gradients, unjoined
         //   (a step whose weights reached no loss contributes zeros)
         if let Op::Generate { h, f } = &self {
-            let zeros = || Tensor::zeros(&f.shape()[1..], f.dtype()).to_device(f.device());
-            let dws = dys
-                .into_iter()
-                .map(|dw| dw.map_or_else(zeros, Ok))
-                .collect::<odeflow_runtime::Result<Vec<Tensor>>>()?;
-            let (dh, df) = hypernet::generate_bwd(&dws, h, f)?;
+            let (dh, df) = hypernet::generate_bwd(&step_grads(dys, f)?, h, f)?;
             return Ok(vec![Some(dh), Some(df)]);
         }
         let dy = dys
@@ -284,4 +279,13 @@ impl Op {
         };
         Ok(grads.into_iter().map(Some).collect())
     }
+}
+
+/// The N steps' gradients of a `Generate` node, zeros for a step whose weights reached no loss.
+///
+/// Shapes: dys N x (None or [..]), f [K, ..] -> N x [..]
+pub(crate) fn step_grads(dys: Vec<Option<Tensor>>, f: &Tensor) -> Result<Vec<Tensor>> {
+    let zeros = || Tensor::zeros(&f.shape()[1..], f.dtype()).to_device(f.device());
+    let dws = dys.into_iter().map(|dw| dw.map_or_else(zeros, Ok));
+    Ok(dws.collect::<odeflow_runtime::Result<Vec<Tensor>>>()?)
 }

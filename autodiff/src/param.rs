@@ -10,6 +10,7 @@
 //! each op instead).
 
 use crate::{Error, Result};
+use odeflow_runtime::ops::hypernet;
 use odeflow_runtime::Tensor;
 use std::cell::RefCell;
 use std::fmt;
@@ -90,6 +91,34 @@ impl Param {
         };
         *grad = Some(sum);
         Ok(())
+    }
+
+    /// grad += df for a parameter stacked as the F of `hypernet::generate` (`f` is its value on
+    /// the tape: itself, or its cast to the compute dtype), with df = H^T dW computed and added
+    /// in one pass (`generate_bwd_acc`), the running sum read where dF would have been written.
+    /// Returns the generation's other gradient, dH.
+    ///
+    /// The sum is kept in the parameter's dtype: an f32 parameter cast to bf16 for the pass
+    /// takes the bf16 product without a rounding to bf16 on the way (its first term starts
+    /// from zeros, so every term is treated alike).
+    ///
+    /// Shapes: dws N x [..], h [N, K], f [K, ..] (this parameter's shape) -> dh [N, K]
+    pub(crate) fn accumulate_generated(
+        &self,
+        dws: &[Tensor],
+        h: &Tensor,
+        f: &Tensor,
+    ) -> Result<Tensor> {
+        let (dtype, shape) = (self.inner.value.borrow().dtype(), self.shape());
+        let old = self.grad();
+        let acc = match old {
+            None if f.dtype() != dtype => Some(Tensor::zeros(&shape, dtype).to_device(f.device())?),
+            old => old,
+        };
+        let (dh, sum) = hypernet::generate_bwd_acc(dws, h, f, acc.as_ref())?;
+        self.check_like(&sum)?;
+        *self.inner.grad.borrow_mut() = Some(sum);
+        Ok(dh)
     }
 
     fn check_like(&self, t: &Tensor) -> Result<()> {

@@ -304,6 +304,16 @@ impl Tape {
             if dys.iter().all(Option::is_none) {
                 continue; // the output does not depend on this node
             }
+            // weights generated from a stacked parameter: its gradient goes straight into the
+            // parameter's buffer, summed in the product's own pass, rather than through the
+            // parameter's node (a dF written, then read back and added)
+            if let (Op::Generate { h, f }, Some(param)) = (&node.op, stacked_param(&nodes, &node)) {
+                let dh = param.accumulate_generated(&crate::op::step_grads(dys, f)?, h, f)?;
+                if let Some(h_input) = node.inputs[0] {
+                    accumulate(&mut grads[h_input.node][h_input.output], dh)?;
+                }
+                continue;
+            }
             match node.op {
                 Op::Leaf => {
                     leaves.insert(id, dys.into_iter().flatten().next().expect("checked above"));
@@ -328,6 +338,24 @@ impl Tape {
             leaves,
             generation,
         })
+    }
+}
+
+/// For a `Generate` node, the parameter whose value is its F input (the second): recorded
+/// directly, or through the cast of `param_cast`. `None` for any other node or F (a leaf, a
+/// product).
+fn stacked_param(nodes: &[Node], node: &Node) -> Option<Param> {
+    if !matches!(node.op, Op::Generate { .. }) {
+        return None;
+    }
+    let f = nodes.get(node.inputs.get(1).copied().flatten()?.node)?;
+    let f = match f.op {
+        Op::ToDType { .. } => nodes.get(f.inputs.first().copied().flatten()?.node)?,
+        _ => f,
+    };
+    match &f.op {
+        Op::Param(param) => Some(param.clone()),
+        _ => None,
     }
 }
 

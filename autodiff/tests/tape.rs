@@ -247,3 +247,69 @@ fn a_mixed_precision_tape_computes_in_bf16_and_hands_f32_gradients_back() {
     let plain = Tape::new();
     assert_eq!(plain.param_cast(&w).unwrap().dtype(), DType::F32);
 }
+
+/// The loss of the weights `Var::generate` makes from h [2, 2] and a stacked F [2, 3]:
+/// L = sum_i c_i . w_i, so dL/dw_i = c_i and dF = h^T [c_0; c_1], dh[i, k] = c_i . F[k].
+fn generated_loss(tape: &Tape, f: odeflow_autodiff::Var) -> odeflow_autodiff::Var {
+    let h = tape.constant_cast(Tensor::from_vec(vec![1.0, 2.0, -1.0, 0.5], &[2, 2]).unwrap());
+    let steps = odeflow_autodiff::Var::generate(&h.unwrap(), &f).unwrap();
+    let c = [t(&[1.0, 0.0, 2.0]), t(&[-1.0, 3.0, 0.5])];
+    let terms = steps.iter().zip(&c).map(|(w, c)| {
+        let c = tape.constant_cast(c.clone()).unwrap();
+        w.mul(&c).unwrap().sum_all().unwrap()
+    });
+    terms.reduce(|a, b| a.add(&b).unwrap()).unwrap()
+}
+
+#[test]
+fn a_stacked_parameter_takes_its_generated_gradient_straight_into_its_buffer() {
+    // dF = h^T [c_0; c_1]: row 0 = 1 c_0 - 1 c_1, row 1 = 2 c_0 + 0.5 c_1
+    let df = [2.0, -3.0, 1.5, 1.5, 1.5, 4.25];
+    let f_value = Tensor::from_vec(vec![0.5, -1.0, 2.0, 1.0, 0.0, -2.0], &[2, 3]).unwrap();
+    let f = Param::new("f", f_value.clone());
+    for pass in 1..=2 {
+        let tape = Tape::new();
+        let loss = generated_loss(&tape, tape.param(&f));
+        tape.backward(&loss).unwrap();
+        // the fused sum over passes: pass times dF, exactly (small integers and halves)
+        let want: Vec<f32> = df.iter().map(|d| d * pass as f32).collect();
+        assert_eq!(vals(&f.grad().unwrap()), want);
+    }
+    // the same dF as the plain path, where F is a leaf and the walk returns its gradient
+    let tape = Tape::new();
+    let leaf = tape.leaf(f_value);
+    let loss = generated_loss(&tape, leaf.clone());
+    let grads = tape.backward(&loss).unwrap();
+    assert_eq!(vals(grads.get(&leaf).unwrap()), df.to_vec());
+
+    // cast to bf16 for the pass (`param_cast`): the f32 buffer takes the sum, not a bf16 one
+    let g = Param::new("g", Tensor::zeros(&[2, 3], DType::F32));
+    let tape = Tape::with_compute(Some(DType::BF16));
+    let loss = generated_loss(&tape, tape.param_cast(&g).unwrap());
+    tape.backward(&loss).unwrap();
+    let grad = g.grad().unwrap();
+    assert_eq!(grad.dtype(), DType::F32);
+    assert_eq!(vals(&grad), df.to_vec()); // all of them exact in bf16 too
+}
+
+#[test]
+fn the_coefficients_of_a_fused_generation_still_get_their_gradient() {
+    // dh[i, k] = c_i . F[k]: c_0 . F = (0.5 + 4, 1 - 4) , c_1 . F = (-0.5 - 3 + 1, -1 - 1)
+    let f = Param::new(
+        "f",
+        Tensor::from_vec(vec![0.5, -1.0, 2.0, 1.0, 0.0, -2.0], &[2, 3]).unwrap(),
+    );
+    let tape = Tape::new();
+    let h = tape.leaf(Tensor::from_vec(vec![1.0, 2.0, -1.0, 0.5], &[2, 2]).unwrap());
+    let steps = odeflow_autodiff::Var::generate(&h, &tape.param(&f)).unwrap();
+    let c = [t(&[1.0, 0.0, 2.0]), t(&[-1.0, 3.0, 0.5])];
+    let loss = steps
+        .iter()
+        .zip(&c)
+        .map(|(w, c)| w.mul(&tape.constant(c.clone())).unwrap().sum_all().unwrap())
+        .reduce(|a, b| a.add(&b).unwrap())
+        .unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    assert_eq!(vals(grads.get(&h).unwrap()), vec![4.5, -3.0, -2.5, -2.0]);
+    assert!(f.grad().is_some());
+}

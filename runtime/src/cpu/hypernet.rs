@@ -23,7 +23,9 @@
 //!   moved through memory, the least possible;
 //! - backward: the chunk of every step's gradient gathered into an [N, chunk] tile (each dW read
 //!   once, where it is), then dF's chunk = H^T tile and this chunk's share of dH = tile F^T:
-//!   (N + 2K) P floats moved (read dW and F, write dF), against about (4N + 3K) P before.
+//!   (N + 2K) P floats moved (read dW and F, write dF), against about (4N + 3K) P before;
+//!   into a gradient already gathered (`acc`), (N + 3K) P: the old sum is read in the same
+//!   pass, where writing dF and adding it afterwards would move (N + 5K) P.
 //!
 //! Memory-bound on a GPU, not quite here: 2 N K FLOPs per element against (N + K) x 4 bytes is
 //! 3.8 FLOP/byte at N = 12, K = 21, which a GPU's ratio (about 200) makes memory-bound but a CPU
@@ -81,16 +83,19 @@ pub fn generate(h: &[f32], f: &[f32], n: usize, k: usize, p: usize) -> Vec<f32> 
     w
 }
 
-/// The backward of `generate`, from the per-step gradients as they are (N slices of P).
+/// The backward of `generate`, from the per-step gradients as they are (N slices of P), with dF
+/// added to `acc` when one is given: the gradient a parameter has gathered so far, so that the
+/// running sum is read and the new one written in the same pass as the product (instead of
+/// writing dF, then reading it back with the old sum and writing their sum: 2 K P floats
+/// saved). Chunk by chunk the sum is acc + (H^T dW), the very rounding of adding a finished dF.
 ///
-/// Shapes: dws N x [P], h [N, K], f [K, P] -> (dh [N, K], df [K, P])
+/// Shapes: dws N x [P], h [N, K], f [K, P], acc [K, P] -> (dh [N, K], df [K, P])
 pub fn generate_bwd(
     dws: &[&[f32]],
     h: &[f32],
     f: &[f32],
-    n: usize,
-    k: usize,
-    p: usize,
+    (n, k, p): (usize, usize, usize),
+    acc: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
     assert_eq!(dws.len(), n, "generate_bwd: one gradient per step");
     for dw in dws {
@@ -110,6 +115,13 @@ pub fn generate_bwd(
         k * p,
         "generate_bwd: f must be [K, P] = [{k}, {p}]"
     );
+    if let Some(acc) = acc {
+        assert_eq!(
+            acc.len(),
+            k * p,
+            "generate_bwd: acc must be [K, P] = [{k}, {p}]"
+        );
+    }
     let mut df = vec![0.0f32; k * p];
     if df.is_empty() {
         return (vec![0.0; n * k], df);
@@ -129,8 +141,16 @@ pub fn generate_bwd(
             // dF[:, chunk] = h^T dW: [K, N] x [N, len]
             let mut df_tile = vec![0.0f32; k * len];
             gemm(h_t, dw, &mut df_tile, len, false, SEQ);
-            for (df_k, tile_k) in df_rows.iter_mut().zip(df_tile.chunks(len)) {
-                df_k.copy_from_slice(tile_k);
+            for (row, (df_k, tile_k)) in df_rows.iter_mut().zip(df_tile.chunks(len)).enumerate() {
+                match acc {
+                    None => df_k.copy_from_slice(tile_k),
+                    Some(acc) => {
+                        let acc_k = &acc[row * p + c0..row * p + c0 + len];
+                        for ((d, &a), &t) in df_k.iter_mut().zip(acc_k).zip(tile_k) {
+                            *d = a + t;
+                        }
+                    }
+                }
             }
             // this chunk's dH = dW F[:, chunk]^T: [N, len] x [len, K]
             let mut dh_c = vec![0.0f32; n * k];

@@ -37,10 +37,15 @@ pub fn generate(h: &Tensor, f: &Tensor) -> Result<Tensor> {
 }
 
 /// The backward of `generate` from the N steps' gradients: (dh, df), dh[i, k] = dw[i] . f[k]
-/// and df[k] = sum_i h[i, k] dw[i].
+/// and df[k] = sum_i h[i, k] dw[i], with df added to `acc` (in acc's dtype) when one is given.
 ///
-/// Shapes: dws N x [..], h [N, K], f [K, ..] -> dh [N, K], df [K, ..]
-pub fn generate_bwd(dws: &[Tensor], h: &Tensor, f: &Tensor) -> Result<(Tensor, Tensor)> {
+/// Shapes: dws N x [..], h [N, K], f [K, ..], acc [K, ..] -> dh [N, K], df [K, ..]
+pub fn generate_bwd(
+    dws: &[Tensor],
+    h: &Tensor,
+    f: &Tensor,
+    acc: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let op = "generate_bwd";
     let (f_ty, h_ty) = (elem_type(op, f.dtype())?, elem_type(op, h.dtype())?);
     let (h, f) = (dense(h)?, dense(f)?);
@@ -53,10 +58,15 @@ pub fn generate_bwd(dws: &[Tensor], h: &Tensor, f: &Tensor) -> Result<(Tensor, T
     let shape = shape_of(&h, &f);
     let (dh, df) =
         kernels::hypernet_bwd(f_ty, h_ty, &dw_buffers, hs.buffer(), fs.buffer(), &shape)?;
-    Ok((
+    let (dh, df) = (
         wrap(dh, h.dtype(), h.shape(), hs.ordinal()),
         wrap(df, f.dtype(), f.shape(), fs.ordinal()),
-    ))
+    );
+    // Shortfall: the sum into acc is a second pass here (the CPU fuses it into the product)
+    match acc {
+        None => Ok((dh, df)),
+        Some(acc) => Ok((dh, acc.add(&df.to_dtype(acc.dtype())?)?)),
+    }
 }
 
 #[cfg(test)]
@@ -74,7 +84,7 @@ mod tests {
         let err = generate(&h, &f).unwrap_err().to_string();
         assert!(err.contains("generate"), "{err}");
         let dws = vec![Tensor::zeros(&[4], DType::F32); 2];
-        let err = generate_bwd(&dws, &h, &f).unwrap_err().to_string();
+        let err = generate_bwd(&dws, &h, &f, None).unwrap_err().to_string();
         assert!(err.contains("generate_bwd"), "{err}");
         // f16 has no kernel
         let f16 = Tensor::zeros(&[3, 4], DType::F16);

@@ -71,7 +71,33 @@ pub fn generate(h: &Tensor, f: &Tensor) -> Result<Tensor> {
 ///
 /// Shapes: dws N x [..], h [N, K], f [K, ..] -> dh [N, K], df [K, ..]
 pub fn generate_bwd(dws: &[Tensor], h: &Tensor, f: &Tensor) -> Result<(Tensor, Tensor)> {
+    generate_bwd_acc(dws, h, f, None)
+}
+
+/// `generate_bwd` with df added to `acc`, a gradient gathered so far, in the same pass (the
+/// tape's path into a parameter's gradient buffer): returns (dh, acc + df), the sum in acc's
+/// dtype, which may be wider than f's (an f32 gradient of a parameter the pass cast to bf16
+/// takes the bf16 product without rounding it to bf16 first).
+///
+/// Shapes: dws N x [..], h [N, K], f [K, ..], acc [K, ..] -> dh [N, K], acc + df [K, ..]
+pub fn generate_bwd_acc(
+    dws: &[Tensor],
+    h: &Tensor,
+    f: &Tensor,
+    acc: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     check("generate_bwd", h, f)?;
+    if let Some(acc) = acc {
+        acc.check_float("generate_bwd")?;
+        acc.check_same_shape("generate_bwd", f)?;
+        if acc.device() != f.device() {
+            return Err(Error::DeviceMismatch {
+                op: "generate_bwd",
+                lhs: acc.device(),
+                rhs: f.device(),
+            });
+        }
+    }
     let n = h.shape()[0];
     let (k, p) = stacked_dims(f);
     if dws.len() != n {
@@ -98,13 +124,16 @@ pub fn generate_bwd(dws: &[Tensor], h: &Tensor, f: &Tensor) -> Result<(Tensor, T
             let dw_data: Vec<_> = dws.iter().map(|dw| dw.f32_data()).collect();
             let dw_slices: Vec<&[f32]> = dw_data.iter().map(|d| d.as_ref()).collect();
             let (f_data, h_data) = (f.f32_data(), h.f32_data());
-            let (dh, df) = kernel::generate_bwd(&dw_slices, &h_data, &f_data, n, k, p);
+            let acc_data = acc.map(|a| a.f32_data());
+            let (dh, df) =
+                kernel::generate_bwd(&dw_slices, &h_data, &f_data, (n, k, p), acc_data.as_deref());
+            let df_dtype = acc.map_or(f.dtype(), Tensor::dtype);
             Ok((
                 Tensor::from_f32_values(dh, h.shape(), h.dtype()),
-                Tensor::from_f32_values(df, f.shape(), f.dtype()),
+                Tensor::from_f32_values(df, f.shape(), df_dtype),
             ))
         }
-        Device::Cuda(_) => crate::cuda::hypernet::generate_bwd(dws, h, f),
+        Device::Cuda(_) => crate::cuda::hypernet::generate_bwd(dws, h, f, acc),
     }
 }
 
@@ -192,6 +221,48 @@ mod tests {
             let scale = product_f64(&abs(&dw), &abs(&ft), n, p, k);
             assert_close(&dh.to_f32_vec().unwrap(), &want, &scale, tol, "dh");
         }
+    }
+
+    /// Into a gradient gathered so far: exactly acc + df (the same rounding as adding a finished
+    /// df), at a P of several ragged chunks; an f32 sum over a bf16 f keeps its f32 dtype.
+    #[test]
+    fn the_backward_into_a_gradient_is_the_sum_to_the_bit() {
+        let mut rng = Rng::new(22);
+        let (n, k, p) = (3, 5, 2 * CHUNK + 11);
+        let h = Tensor::randn(&[n, k], 0.0, 1.0, DType::F32, &mut rng);
+        let f = Tensor::randn(&[k, p], 0.0, 1.0, DType::F32, &mut rng);
+        let dws: Vec<Tensor> = (0..n)
+            .map(|_| Tensor::randn(&[p], 0.0, 1.0, DType::F32, &mut rng))
+            .collect();
+        let acc = Tensor::randn(&[k, p], 0.0, 1.0, DType::F32, &mut rng);
+        let (dh, df) = generate_bwd(&dws, &h, &f).unwrap();
+        let (dh_acc, sum) = generate_bwd_acc(&dws, &h, &f, Some(&acc)).unwrap();
+        assert_eq!(dh_acc.to_f32_vec().unwrap(), dh.to_f32_vec().unwrap());
+        let want = acc.add(&df).unwrap().to_f32_vec().unwrap();
+        assert_eq!(sum.to_f32_vec().unwrap(), want);
+
+        // a bf16 f and its gradients, summed into an f32 gradient: the product is not rounded
+        // to bf16 on the way (it is the f32 product of the same bf16 values)
+        let fb = f.to_dtype(DType::BF16).unwrap();
+        let dwb: Vec<Tensor> = dws
+            .iter()
+            .map(|d| d.to_dtype(DType::BF16).unwrap())
+            .collect();
+        let (_, sum) = generate_bwd_acc(&dwb, &h, &fb, Some(&acc)).unwrap();
+        assert_eq!(sum.dtype(), DType::F32);
+        let dwf: Vec<Tensor> = dwb
+            .iter()
+            .map(|d| d.to_dtype(DType::F32).unwrap())
+            .collect();
+        let (_, df_f32) = generate_bwd(&dwf, &h, &fb.to_dtype(DType::F32).unwrap()).unwrap();
+        let want = acc.add(&df_f32).unwrap().to_f32_vec().unwrap();
+        assert_eq!(sum.to_f32_vec().unwrap(), want);
+
+        let wrong = Tensor::zeros(&[k, p + 1], DType::F32);
+        let err = generate_bwd_acc(&dws, &h, &f, Some(&wrong))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("generate_bwd"), "{err}");
     }
 
     #[test]
