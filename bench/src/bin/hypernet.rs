@@ -12,8 +12,14 @@
 //! forward (read F, write W), (N + 2K) P backward (read the steps' dW and F, write dF). The copy
 //! column is `copy_from_slice` of a buffer of the forward's byte count (read it, write it): the
 //! bandwidth a pass over memory gets on this machine. Each figure is the best of `--reps`.
+//!
+//! A second table times the backward into a gradient gathered so far (`generate_bwd_acc`, what
+//! the tape does for a stacked parameter) against the backward followed by the add it replaces.
+//! N 1 is the adjoint's case: each stage of its backward solve generates one time's weights and
+//! adds their gradient into the parameters, L x stages times per step. GB/s counts (N + 3K) P
+//! (read dW, F and the old sum, write the new one).
 
-use odeflow_runtime::ops::hypernet::{generate, generate_bwd};
+use odeflow_runtime::ops::hypernet::{generate, generate_bwd, generate_bwd_acc};
 use odeflow_runtime::ops::matmul::matmul_bwd;
 use odeflow_runtime::{DType, Rng, Tensor};
 use std::time::Instant;
@@ -82,11 +88,51 @@ fn main() {
             "fwd_bytes": fwd_bytes, "bwd_bytes": bwd_bytes, "copy_s": copy,
         }));
     }
+    into_a_gradient(reps, &mut rng, &mut json);
     if let Some(path) = odeflow_bench::arg_value("--json") {
         let text = serde_json::to_string_pretty(&json).expect("json");
         if let Err(e) = std::fs::write(&path, text) {
             eprintln!("cannot write {path}: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// The backward into a running gradient, fused against the backward and then the add.
+fn into_a_gradient(reps: usize, rng: &mut Rng, json: &mut Vec<serde_json::Value>) {
+    println!();
+    println!("| into a gradient | N | K | P | ms fused / bwd + add | ratio | GB/s fused |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let cases = [
+        ("adjoint stage, c_attn", 1, 21, 768 * 2304),
+        ("adjoint stage, c_fc", 1, 21, 768 * 3072),
+        ("micro-batch, c_attn", 12, 21, 768 * 2304),
+    ];
+    for (name, n, k, p) in cases {
+        let h = Tensor::randn(&[n, k], 0.0, 1.0, DType::F32, rng);
+        let f = Tensor::randn(&[k, p], 0.0, 0.02, DType::F32, rng);
+        let acc = Tensor::randn(&[k, p], 0.0, 1.0, DType::F32, rng);
+        let dws: Vec<Tensor> = (0..n)
+            .map(|_| Tensor::randn(&[p], 0.0, 1.0, DType::F32, rng))
+            .collect();
+        let fused = best_of(reps, || {
+            drop(generate_bwd_acc(&dws, &h, &f, Some(&acc)).expect("bwd into acc"))
+        });
+        let composed = best_of(reps, || {
+            let (dh, df) = generate_bwd(&dws, &h, &f).expect("bwd");
+            drop((dh, acc.add(&df).expect("add")))
+        });
+        let bytes = ((n + 3 * k) * p * 4) as f64;
+        println!(
+            "| {name} | {n} | {k} | {p} | {:.2} / {:.2} | {:.2} | {:.1} |",
+            fused * 1e3,
+            composed * 1e3,
+            composed / fused,
+            bytes / fused / 1e9,
+        );
+        json.push(serde_json::json!({
+            "case": name, "n": n, "k": k, "p": p,
+            "acc_fused_s": fused, "acc_composed_s": composed, "acc_bytes": bytes,
+        }));
     }
 }

@@ -126,6 +126,11 @@ pub(super) fn reintegrate(solver: Solver, field: &Field, n: usize, x1: &Tensor) 
 }
 
 /// The backward solve's state: X and a, stepped together by the same tableau.
+///
+/// A slope (what `slopes` returns) is an `Augmented` too, with one twist: its `x` holds
+/// F(X, t) itself, not dX/dτ = -F. The minus sign is carried by the coefficients of `lincomb`
+/// (x + c (-F) = x + (-c) F, the same float to the bit), which saves negating F, a pass over
+/// the state, at every stage.
 #[derive(Clone)]
 struct Augmented {
     x: Tensor,
@@ -133,8 +138,9 @@ struct Augmented {
 }
 
 impl Combine for Augmented {
+    /// Each component in one pass: X + sum_s c_s (-F_s), a + sum_s c_s (da/dτ)_s.
     fn lincomb(&self, terms: &[(f32, &Augmented)]) -> Result<Augmented> {
-        let xs: Vec<(f32, &Tensor)> = terms.iter().map(|(c, k)| (*c, &k.x)).collect();
+        let xs: Vec<(f32, &Tensor)> = terms.iter().map(|(c, k)| (-*c, &k.x)).collect();
         let as_: Vec<(f32, &Tensor)> = terms.iter().map(|(c, k)| (*c, &k.a)).collect();
         Ok(Augmented {
             x: self.x.lincomb(&xs)?,
@@ -175,13 +181,19 @@ fn reversed_stage_time(solver: Solver, i: usize, s: usize, n: usize) -> f64 {
 }
 
 /// Phase 2, the augmented dynamics in reversed time at one point:
-/// dX/dτ = -F(X, t), da/dτ = aᵀ ∂F/∂X, and g += quad aᵀ ∂F/∂θ into the parameters'
-/// buffers.
+/// dX/dτ = -F(X, t) (returned as F, see `Augmented`), da/dτ = aᵀ ∂F/∂X, and
+/// g += quad aᵀ ∂F/∂θ into the parameters' buffers.
 ///
 /// Two small tapes: one records the hypernetwork W(t) (only when `quad` is not zero: a stage
 /// with b_s = 0 adds nothing to g), the other F with X and W(t) as leaves. Backpropagating a
 /// through F gives aᵀ∂F/∂X and aᵀ∂F/∂W; backpropagating quad aᵀ∂F/∂W through the
-/// hypernetwork adds quad aᵀ∂F/∂θ to the parameters.
+/// hypernetwork adds quad aᵀ∂F/∂θ to the parameters. That last sum is where the adjoint
+/// moves the most memory: every stage adds a gradient the size of the stacked parameters,
+/// (E + 1) times the block's weights. The tape does it in the generation's own backward pass
+/// (`generate_bwd_acc`: the old sum read where dF would be written), not as dF then an add.
+///
+/// Shortfall: the scaling of each dW by quad is still a pass of its own over the block's
+/// weights (1/(E + 1) of that sum's bytes).
 fn slopes(
     field: &Field,
     z: &Augmented,
@@ -199,7 +211,6 @@ fn slopes(
     let x = tape.leaf(z.x.clone());
     let w_leaves: Vec<Var> = w.iter().map(|w| tape.leaf(w.value().clone())).collect();
     let y = field.eval(&x, &w_leaves, t)?;
-    let dxdtau = y.value().scale(-1.0)?;
     let grads = tape.backward_with(&y, z.a.clone())?;
     let dadtau = match grads.get(&x) {
         Some(ja) => ja.clone(),
@@ -216,8 +227,9 @@ fn slopes(
             hyper.backward_many(seeds)?;
         }
     }
+    // x: F itself, the slope of X negated (see `Augmented`)
     Ok(Augmented {
-        x: dxdtau,
+        x: y.value().clone(),
         a: dadtau,
     })
 }
