@@ -1,6 +1,9 @@
 //! Launchers of `kernels/cuda/elementwise.cu`: activations (forward, backward) and same-shape
 //! binary ops, on contiguous buffers of n elements.
 //!
+//! The linear combination y = x + sum_s alpha_s k_s (`lincomb_fwd`) takes its terms by value in
+//! the launch's parameters, at most `LINCOMB_MAX_TERMS` per launch; more are chained.
+//!
 //! Each launcher has an allocating form (`gelu_fwd(..) -> y`) and an `_into` form that writes
 //! a buffer the caller owns (the tests poison it first, to catch a kernel that skips elements).
 //! Outputs are overwritten, never accumulated.
@@ -10,7 +13,7 @@ use crate::error::{cuda, Result};
 use crate::gpu::{DeviceBuffer, Gpu};
 use crate::launch::elementwise_config;
 use crate::module::Module;
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use std::sync::Arc;
 
 /// The element types the kernels are compiled for.
@@ -87,6 +90,107 @@ pub fn affine_kernel(ty: ElemType) -> &'static str {
         ElemType::F32 => "affine_fwd_f32",
         ElemType::Bf16 => "affine_fwd_bf16",
     }
+}
+
+pub fn lincomb_kernel(ty: ElemType) -> &'static str {
+    match ty {
+        ElemType::F32 => "lincomb_fwd_f32",
+        ElemType::Bf16 => "lincomb_fwd_bf16",
+    }
+}
+
+/// The most terms one launch of `lincomb_fwd` takes (`LINCOMB_MAX_TERMS` in elementwise.cu):
+/// twice what the solvers use (4, for RK4), and 104 bytes of parameters.
+pub const LINCOMB_MAX_TERMS: usize = 8;
+
+/// Elements per 16-byte vector, the unit of `lincomb_fwd`'s work split: 4 f32 or 8 bf16.
+pub fn lincomb_vector(ty: ElemType) -> usize {
+    16 / ty.size()
+}
+
+/// The terms of one launch as the kernel takes them by value: the device addresses of the
+/// k_s, their alphas, and how many there are. The field order and types are elementwise.cu's
+/// `struct LincombTerms` (104 bytes with the trailing padding both sides add).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LincombTerms {
+    k: [u64; LINCOMB_MAX_TERMS],
+    alpha: [f32; LINCOMB_MAX_TERMS],
+    count: u32,
+}
+
+// `LincombTerms` is a #[repr(C)] struct of plain integers and floats whose layout is the CUDA
+// struct's (same field order and types, natural alignment), so its bytes are a valid kernel
+// parameter.
+// SAFETY: sound for the reasons just given.
+unsafe impl DeviceRepr for LincombTerms {}
+
+/// y = x + sum_s alpha_s k_s, in one pass for up to `LINCOMB_MAX_TERMS` terms.
+///
+/// Shapes: x [n], each k_s [n] -> y [n]
+pub fn lincomb_fwd(
+    ty: ElemType,
+    x: &DeviceBuffer,
+    terms: &[(f32, &DeviceBuffer)],
+    n: usize,
+) -> Result<DeviceBuffer> {
+    let mut y = x.gpu().alloc(n * ty.size())?;
+    lincomb_fwd_into(&mut y, ty, x, terms, n)?;
+    Ok(y)
+}
+
+/// `lincomb_fwd` into `y` (overwritten). Past `LINCOMB_MAX_TERMS` terms it chains: the first
+/// 8 into a scratch buffer, then the rest added onto it, one launch per 8 terms (in f32 the
+/// same bits as one pass; in bf16 one more rounding per launch).
+///
+/// Shapes: y [n] (written), x [n], each k_s [n]
+pub fn lincomb_fwd_into(
+    y: &mut DeviceBuffer,
+    ty: ElemType,
+    x: &DeviceBuffer,
+    terms: &[(f32, &DeviceBuffer)],
+    n: usize,
+) -> Result<()> {
+    let name = lincomb_kernel(ty);
+    let bytes = bytes_of(name, &[n], ty.size())?;
+    let mut args = vec![Arg::new("y", y, bytes), Arg::new("x", x, bytes)];
+    args.extend(terms.iter().map(|(_, k)| Arg::new("k", k, bytes)));
+    check_args(name, &args)?;
+    if terms.len() > LINCOMB_MAX_TERMS {
+        let (first, rest) = terms.split_at(LINCOMB_MAX_TERMS);
+        let partial = lincomb_fwd(ty, x, first, n)?;
+        return lincomb_fwd_into(y, ty, &partial, rest, n);
+    }
+    let Some(cfg) = elementwise_config(n.div_ceil(lincomb_vector(ty))) else {
+        return Ok(());
+    };
+    let (gpu, n) = (x.gpu().clone(), n as u64);
+    let f = gpu.function(Module::Elementwise, name)?;
+    // the terms' addresses; each guard waits for the buffer's pending writes and records this
+    // launch's read when dropped (after the launch is queued)
+    let stream = gpu.stream();
+    let (ptrs, _reads): (Vec<u64>, Vec<_>) = terms
+        .iter()
+        .map(|(_, k)| k.slice().device_ptr(stream))
+        .unzip();
+    let mut table = LincombTerms {
+        k: [0; LINCOMB_MAX_TERMS],
+        alpha: [0.0; LINCOMB_MAX_TERMS],
+        count: terms.len() as u32,
+    };
+    for (s, (&(alpha, _), ptr)) in terms.iter().zip(ptrs).enumerate() {
+        (table.k[s], table.alpha[s]) = (ptr, alpha);
+    }
+    let mut launch = stream.launch_builder(&f);
+    launch.arg(y.slice_mut()).arg(x.slice()).arg(&table).arg(&n);
+    // The arguments are the kernel's (T* y, const T* x, LincombTerms terms, u64 n). y and x
+    // hold n elements of T, and so does each of the `count` <= 8 buffers whose addresses the
+    // table holds (checked above; they outlive the launch, and the stream orders their later
+    // reuse after it); the kernel reads no table entry past `count`, and touches indices below
+    // n only. y is borrowed mutably, so it aliases neither x nor any k_s.
+    // SAFETY: sound for the reasons just given.
+    unsafe { launch.launch(cfg) }.map_err(cuda("cuLaunchKernel"))?;
+    Ok(())
 }
 
 /// y = act(x).
@@ -352,11 +456,32 @@ mod tests {
             }
             names.push(affine_kernel(ty));
             names.push(causal_mask_kernel(ty));
+            names.push(lincomb_kernel(ty));
         }
         for name in &names {
             assert!(entries.contains(name), "{name} is not in elementwise.ptx");
         }
         // and the PTX holds nothing the launchers cannot reach
         assert_eq!(entries.len(), names.len());
+    }
+
+    #[test]
+    fn the_lincomb_terms_are_laid_out_as_elementwise_cu_declares_them() {
+        // elementwise.cu's struct: 8 addresses, 8 floats, a count, padded to 8 bytes
+        let source = include_str!("../cuda/elementwise.cu");
+        let define = format!("#define LINCOMB_MAX_TERMS {LINCOMB_MAX_TERMS}");
+        assert!(source.contains(&define), "elementwise.cu lacks {define:?}");
+        assert_eq!(std::mem::size_of::<LincombTerms>(), 104);
+        assert_eq!(std::mem::align_of::<LincombTerms>(), 8);
+        // and the PTX's parameter is that size
+        let ptx = Module::Elementwise.ptx();
+        assert!(ptx.contains(".param .align 8 .b8 lincomb_fwd_f32_param_2[104]"));
+        assert_eq!(
+            [
+                lincomb_vector(ElemType::F32),
+                lincomb_vector(ElemType::Bf16)
+            ],
+            [4, 8]
+        );
     }
 }

@@ -5,6 +5,7 @@ use super::{dense, elem_type, flat, unsupported, wrap};
 use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::{Result, Tensor};
 use odeflow_kernels::elementwise::{self, Activation, Binary};
+use odeflow_kernels::DeviceBuffer;
 
 fn activation(op: UnaryOp) -> Option<Activation> {
     match op {
@@ -86,5 +87,23 @@ pub(crate) fn causal_mask_fill(x: &Tensor, value: f32) -> Result<Tensor> {
     let (xs, ty) = (flat(name, &x)?, elem_type(name, x.dtype())?);
     let t = x.layout().row_len();
     let y = elementwise::causal_mask_fwd(ty, &xs.buf, value, t, xs.len)?;
+    Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
+}
+
+/// `lincomb` on CUDA: y = x + sum_s alpha_s k_s, one kernel that reads x and every k_s once and
+/// writes y once (views are made dense first, a copy each).
+///
+/// Shapes: x [any], each k_s [same] -> y [same]
+pub(crate) fn lincomb(x: &Tensor, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
+    let name = "lincomb";
+    let x = dense(x)?;
+    let ks: Vec<Tensor> = terms.iter().map(|(_, k)| dense(k)).collect::<Result<_>>()?;
+    let (xs, ty) = (flat(name, &x)?, elem_type(name, x.dtype())?);
+    let flat_terms: Vec<(f32, &DeviceBuffer)> = terms
+        .iter()
+        .zip(&ks)
+        .map(|((alpha, _), k)| flat(name, k).map(|s| (*alpha, &s.buf)))
+        .collect::<Result<_>>()?;
+    let y = elementwise::lincomb_fwd(ty, &xs.buf, &flat_terms, xs.len)?;
     Ok(wrap(y, x.dtype(), x.shape(), xs.ordinal))
 }

@@ -395,10 +395,7 @@ pub fn lincomb(x: &Tensor, terms: &[(f32, &Tensor)]) -> Result<Tensor> {
             });
             Ok(Tensor::from_f32_values(y, x.shape(), x.dtype()))
         }
-        // no fused kernel yet: the chain of scale and add it replaces on the CPU
-        Device::Cuda(_) => terms
-            .iter()
-            .try_fold(x.clone(), |acc, (alpha, k)| acc.add(&k.scale(*alpha)?)),
+        Device::Cuda(_) => crate::cuda::elementwise::lincomb(x, terms),
     }
 }
 
