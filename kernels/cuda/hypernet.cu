@@ -3,21 +3,30 @@
 // Computes, with H the [N, K] coefficient rows of the N evaluation times (K = E + 1 rows [1, h(t_i)] for a weight,
 // K = E rows h(t_i) for a bias or a norm) and F the [K, P] stacked parameter (P = d_in d_out, or D):
 //   hypernet_fwd:  W[i, c] = sum_k H[i, k] F[k, c]                                   W [N, P]
-//   hypernet_bwd:  dF[k, c] = sum_i H[i, k] dW_i[c]                                  dF [K, P]
+//   hypernet_bwd:  dF[k, c] = sum_i H[i, k] dW_i[c]  (+ acc[k, c] when acc is given)   dF [K, P]
 //                  partial[b, i, k] = sum over block b's columns c of dW_i[c] F[k, c]          (f32 scratch)
 //   hypernet_dh:   dH[i, k] = sum_b partial[b, i, k], over b in a fixed order                  dH [N, K]
 // Layout: F, W, dF dense row-major in the kernel's dtype T (f32 or bf16); H, dH dense [N, K] in their own dtype
 //   (f32 or bf16, the `_h*` suffix); the N step gradients dW_i are N separate dense [P] buffers of T, passed as a
 //   device array of N pointers (`dws`), because the tape holds them apart and joining them would be a copy.
 //   Arithmetic is f32 throughout (H is widened once into shared memory); bf16 outputs are rounded once, on the
-//   store. Every output is overwritten, never accumulated.
+//   store. Every output is overwritten, never accumulated in place.
+// The sum into a gradient (`acc`): the backward may be handed acc [K, P], the gradient a parameter has gathered
+//   so far (nullptr: none), which it reads in the same store step that writes dF, storing acc + dF, rounded once
+//   to the output's type O. O is T, or f32 for a bf16 T (the `_accf32` entries: an f32 gradient gathered over a
+//   bf16 parameter, the sum never rounded to bf16); acc, when given, is in O too. acc and dF are distinct buffers
+//   (the launcher's borrows see to it), though in place would be correct too: each element of acc is read, and
+//   its sum written, by one thread.
 //
 // Why fused: N and K are tiny (4 to 48 and 8 to 21) and P is the size of a weight matrix (up to 768 x 3072), so
 // both directions are memory-bound, with about 2 N K FLOPs per (N + K) elements. The least a pass can move, and
 // what the GB/s of bench/src/bin/gpu_hypernet.rs counts, in elements of T:
 //   forward   (K + N) P       read F once, write W once;
 //   backward  (N + 2K) P      read the N dW_i and F once, write dF once (plus the [blocks, N, K] f32 partials,
-//                             about 1 KB per block, and H).
+//                             about 1 KB per block, and H);
+//   into acc  (N + 3K) P      and read acc once, in the same pass (acc and the sum 2K P of them, in O);
+//                             writing dF and adding it to acc afterwards would move (N + 5K) P (dF written,
+//                             then dF and acc read and their sum written).
 // The composed path (a GEMM per direction, and a join of the dW_i into one [N, P] copy first) moves about
 // (4N + 3K) P in the backward. The issue's target is 80% of a device-to-device copy's bandwidth on these bytes.
 //
@@ -36,7 +45,9 @@
 //   2. combine (forward: W; backward: dF): thread t owns columns 4t .. 4t + 3 of the chunk and computes ROWS = 12
 //      output rows at a time, out[r] = sum_q coef[q][r] slab[q], with 12 x 4 f32 accumulators in registers and
 //      the coefficients (H^T in the forward, H in the backward, as f32) read from shared memory by broadcast;
-//      then it stores 4 columns of each row (16 bytes of f32, 8 of bf16; plain stores when P is not aligned);
+//      then it stores 4 columns of each row (16 bytes of f32, 8 of bf16; plain stores when P is not aligned),
+//      in the backward after adding acc's same 4 columns when acc is given (a load of the same width, straight
+//      from global memory: each element is read once, so a slab in shared memory would buy nothing);
 //   3. dH (backward only): this chunk's dW F^T [N, K] added into per-warp f32 accumulators in shared memory.
 //      bf16: on the tensor cores, mma.m16n8k16 with dW's slab as A (16 rows of i) and F's slab as B (8 columns
 //      of k per tile), warp w taking the chunk's 16-column steps w, w + 4, ...; f32: in SIMT, warp w taking
@@ -56,8 +67,8 @@
 //   At N = 12, K = 21: forward 22 KB (bf16) / 43 KB (f32), backward 54 KB / 72 KB.
 // Preconditions: N, K >= 0 and P >= 1 (the launcher launches nothing for P = 0); the grid within the share
 //   arithmetic (G x ceil(P / 8) < 2^64, checked by the launcher); every buffer 16-byte aligned, as the device
-//   allocator's are.
-// Reference: runtime/src/cpu/hypernet.rs through runtime/src/ops/hypernet.rs (generate, generate_bwd); test:
+//   allocator's are (an f32 dF over a bf16 F then starts its rows 32-byte aligned whenever F's are 16).
+// Reference: runtime/src/cpu/hypernet.rs through runtime/src/ops/hypernet.rs (generate, generate_bwd_acc); test:
 //   tests/tests/gpu_hypernet.rs (`#[ignore = "needs a CUDA GPU"]`); the host emulator harness
 //   bench/hypernet/emu/harness.cpp runs these kernels on the CPU against a double-precision reference.
 
@@ -90,6 +101,10 @@ constexpr int PAD_BYTES = 16;
 constexpr int MMA_ROWS = 16;
 // Threads of the dH reduction, one block per (i, k).
 constexpr int DH_THREADS = 128;
+// Blocks per SM the f32 backward is compiled for (`__launch_bounds__`), which caps it at 65536 / (4 x 128) = 128
+// registers: left free, ptxas hoists the 12 rows' acc loads and takes 149 (3 blocks per SM by registers); held to
+// 128 it takes 119, without spills. (The bf16 backward stays at 122 unbounded.)
+constexpr int BWD_F32_BLOCKS = 4;
 
 // Elements of T per 16-byte copy, and per padded slab row.
 template <typename T>
@@ -246,36 +261,45 @@ __device__ void load_slab(T* slab, RowPtr row_ptr, int rows, u64 c0, int width, 
 
 // ---- phase 2: combine ----
 
-// Writes `rows` (<= ROWS) rows of 4 accumulated columns at d, d + p, ...: `cols` (<= 4) columns of each, one
-// vector store per row when aligned (cols is then 4).
-template <typename T>
-__device__ __forceinline__ void write_rows(T* d, u64 p, const float (&acc)[ROWS][COLS], int rows, int cols,
-                                           bool aligned) {
+// Writes `rows` (<= ROWS) rows of 4 summed columns at d, d + p, ...: `cols` (<= 4) columns of each, one
+// vector store per row when aligned (cols is then 4). With `acc` (laid out as d; nullptr: none) each element is
+// acc + sum, acc read in the same step and the sum rounded once, to O.
+template <typename O>
+__device__ __forceinline__ void write_rows(O* d, const O* acc, u64 p, const float (&sum)[ROWS][COLS], int rows,
+                                           int cols, bool aligned) {
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         if (r >= rows) break;
-        T* dr = d + r * p;
+        const u64 at = r * p;
+        float v[COLS] = {sum[r][0], sum[r][1], sum[r][2], sum[r][3]};
         if (aligned) {
-            store4(dr, acc[r]);
+            if (acc) {
+                float a[COLS];
+                load4(a, acc + at);
+#pragma unroll
+                for (int c = 0; c < COLS; c++) v[c] = a[c] + v[c];
+            }
+            store4(d + at, v);
         } else {
 #pragma unroll
             for (int c = 0; c < COLS; c++)
-                if (c < cols) store1(dr + c, acc[r][c]);
+                if (c < cols) store1(d + at + c, acc ? to_f32(acc[at + c]) + v[c] : v[c]);
         }
     }
 }
 
-// out[r][c0 + j] = sum_{q < in_rows} coef[q][r] slab[q][j] for r < out_rows and j < width, out's rows p apart and
-// coef's rows coef_stride apart (a multiple of ROWS, zero past out_rows). Thread t computes j = 4t .. 4t + 3, ROWS
-// output rows per pass over the slab; the coefficients of one q are the same for every thread (a broadcast read).
-template <typename T>
-__device__ void combine(T* out, u64 p, u64 c0, int width, const float* coef, int coef_stride, const T* slab,
-                        int in_rows, int out_rows, bool aligned) {
+// out[r][c0 + j] = (acc[r][c0 + j] +) sum_{q < in_rows} coef[q][r] slab[q][j] for r < out_rows and j < width,
+// out's (and acc's) rows p apart and coef's rows coef_stride apart (a multiple of ROWS, zero past out_rows).
+// Thread t computes j = 4t .. 4t + 3, ROWS output rows per pass over the slab; the coefficients of one q are the
+// same for every thread (a broadcast read).
+template <typename T, typename O>
+__device__ void combine(O* out, const O* acc, u64 p, u64 c0, int width, const float* coef, int coef_stride,
+                        const T* slab, int in_rows, int out_rows, bool aligned) {
     constexpr int STRIDE = slab_stride<T>();
     const int j = threadIdx.x * COLS;
     if (j >= width) return;
     for (int r0 = 0; r0 < out_rows; r0 += ROWS) {
-        float acc[ROWS][COLS] = {};
+        float sum[ROWS][COLS] = {};
         for (int q = 0; q < in_rows; q++) {
             float x[COLS];
             load4(x, slab + q * STRIDE + j);
@@ -288,12 +312,13 @@ __device__ void combine(T* out, u64 p, u64 c0, int width, const float* coef, int
 #pragma unroll
                 for (int r = 0; r < 4; r++)
 #pragma unroll
-                    for (int c = 0; c < COLS; c++) acc[4 * r4 + r][c] = fmaf(a[r], x[c], acc[4 * r4 + r][c]);
+                    for (int c = 0; c < COLS; c++) sum[4 * r4 + r][c] = fmaf(a[r], x[c], sum[4 * r4 + r][c]);
             }
         }
         int rows = out_rows - r0 < ROWS ? out_rows - r0 : ROWS;
         int cols = width - j < COLS ? width - j : COLS;
-        write_rows(out + r0 * p + c0 + j, p, acc, rows, cols, aligned);
+        const u64 at = r0 * p + c0 + j;
+        write_rows(out + at, acc ? acc + at : acc, p, sum, rows, cols, aligned);
     }
 }
 
@@ -390,15 +415,16 @@ __device__ void hypernet_fwd(T* w, const H* h, const T* f, int n, int k, u64 p) 
         load_slab(slab, [&](int r) { return f + r * p; }, k, c0, width, aligned);
         if (aligned) cp_async_wait<0>();
         __syncthreads();  // the slab (and, the first time, coef) is complete
-        combine(w, p, c0, width, coef, n_pad, slab, k, n, aligned);
+        combine(w, (const T*)nullptr, p, c0, width, coef, n_pad, slab, k, n, aligned);
         __syncthreads();  // everyone is done with the slab before the next chunk's copies land in it
     }
 }
 
-// Shapes: df [K, P] (written), partial [G, N, K] f32 (written), dws N x [P], h [N, K], f [K, P]
-template <typename T, typename H>
-__device__ void hypernet_bwd(T* df, float* partial, const T* const* dws, const H* h, const T* f, int n, int k,
-                             u64 p) {
+// Shapes: df [K, P] (written, O), partial [G, N, K] f32 (written), dws N x [P], h [N, K], f [K, P],
+//         acc [K, P] (O, or nullptr)
+template <typename T, typename H, typename O>
+__device__ void hypernet_bwd(O* df, float* partial, const T* const* dws, const H* h, const T* f, const O* acc, int n,
+                             int k, u64 p) {
     constexpr int STRIDE = slab_stride<T>();
     const int f_rows = bwd_slab_rows<T>(k), dw_rows = bwd_slab_rows<T>(n);
     const int k_pad = round_up(k, ROWS);
@@ -425,7 +451,7 @@ __device__ void hypernet_bwd(T* df, float* partial, const T* const* dws, const H
         load_slab(dw_slab, [&](int r) { return dws[r]; }, n, c0, width, aligned);
         if (aligned) cp_async_wait<0>();
         __syncthreads();  // both slabs (and, the first time, coef and the zeroed dh) are complete
-        combine(df, p, c0, width, coef, k_pad, dw_slab, n, k, aligned);
+        combine(df, acc, p, c0, width, coef, k_pad, dw_slab, n, k, aligned);
         dh_chunk(mine, f_slab, dw_slab, n, k, width);
         __syncthreads();  // everyone is done with the slabs before the next chunk's copies land in them
     }
@@ -455,7 +481,8 @@ __device__ void hypernet_dh(H* dh, const float* partial, int blocks, int nk) {
     }
 }
 
-// ---- the entry points: hypernet_{fwd,bwd}_{T}_h{H} and hypernet_dh_{H}; outputs, then inputs, then sizes ----
+// ---- the entry points: hypernet_{fwd,bwd}_{T}_h{H}, hypernet_bwd_bf16_h{H}_accf32 and hypernet_dh_{H};
+// outputs, then inputs, then sizes ----
 
 extern "C" __global__ void __launch_bounds__(THREADS)
     hypernet_fwd_f32_hf32(float* w, const float* h, const float* f, int n, int k, u64 p) {
@@ -474,21 +501,36 @@ extern "C" __global__ void __launch_bounds__(THREADS)
     hypernet_fwd(w, h, f, n, k, p);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) hypernet_bwd_f32_hf32(
-    float* df, float* partial, const float* const* dws, const float* h, const float* f, int n, int k, u64 p) {
-    hypernet_bwd(df, partial, dws, h, f, n, k, p);
+// the backward's dF (and acc) in T; `_accf32`: a bf16 T's dF (and acc) in f32
+extern "C" __global__ void __launch_bounds__(THREADS, BWD_F32_BLOCKS)
+    hypernet_bwd_f32_hf32(float* df, float* partial, const float* const* dws, const float* h, const float* f,
+                          const float* acc, int n, int k, u64 p) {
+    hypernet_bwd(df, partial, dws, h, f, acc, n, k, p);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) hypernet_bwd_f32_hbf16(
-    float* df, float* partial, const float* const* dws, const bf16* h, const float* f, int n, int k, u64 p) {
-    hypernet_bwd(df, partial, dws, h, f, n, k, p);
+extern "C" __global__ void __launch_bounds__(THREADS, BWD_F32_BLOCKS)
+    hypernet_bwd_f32_hbf16(float* df, float* partial, const float* const* dws, const bf16* h, const float* f,
+                           const float* acc, int n, int k, u64 p) {
+    hypernet_bwd(df, partial, dws, h, f, acc, n, k, p);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) hypernet_bwd_bf16_hf32(
-    bf16* df, float* partial, const bf16* const* dws, const float* h, const bf16* f, int n, int k, u64 p) {
-    hypernet_bwd(df, partial, dws, h, f, n, k, p);
+extern "C" __global__ void __launch_bounds__(THREADS)
+    hypernet_bwd_bf16_hf32(bf16* df, float* partial, const bf16* const* dws, const float* h, const bf16* f,
+                           const bf16* acc, int n, int k, u64 p) {
+    hypernet_bwd(df, partial, dws, h, f, acc, n, k, p);
 }
-extern "C" __global__ void __launch_bounds__(THREADS) hypernet_bwd_bf16_hbf16(
-    bf16* df, float* partial, const bf16* const* dws, const bf16* h, const bf16* f, int n, int k, u64 p) {
-    hypernet_bwd(df, partial, dws, h, f, n, k, p);
+extern "C" __global__ void __launch_bounds__(THREADS)
+    hypernet_bwd_bf16_hbf16(bf16* df, float* partial, const bf16* const* dws, const bf16* h, const bf16* f,
+                            const bf16* acc, int n, int k, u64 p) {
+    hypernet_bwd(df, partial, dws, h, f, acc, n, k, p);
+}
+extern "C" __global__ void __launch_bounds__(THREADS)
+    hypernet_bwd_bf16_hf32_accf32(float* df, float* partial, const bf16* const* dws, const float* h, const bf16* f,
+                                  const float* acc, int n, int k, u64 p) {
+    hypernet_bwd(df, partial, dws, h, f, acc, n, k, p);
+}
+extern "C" __global__ void __launch_bounds__(THREADS)
+    hypernet_bwd_bf16_hbf16_accf32(float* df, float* partial, const bf16* const* dws, const bf16* h, const bf16* f,
+                                   const float* acc, int n, int k, u64 p) {
+    hypernet_bwd(df, partial, dws, h, f, acc, n, k, p);
 }
 
 extern "C" __global__ void __launch_bounds__(DH_THREADS)

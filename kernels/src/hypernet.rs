@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! hypernet_fwd   W[i] = sum_k H[i, k] F[k]                          -> W [N, P]
-//! hypernet_bwd   dF[k] = sum_i H[i, k] dW_i,  partial[b] = block b's share of dW F^T
+//! hypernet_bwd   dF[k] = (acc[k] +) sum_i H[i, k] dW_i,  partial[b] = block b's share of dW F^T
 //! hypernet_dh    dH = sum_b partial[b], in block order               -> dH [N, K]
 //! ```
 //!
@@ -14,8 +14,12 @@
 //! their own `h_ty`; everything is summed in f32. The dW_i are N separate buffers of P
 //! elements: `hypernet_bwd_into` uploads their N device addresses as a small table (8 N bytes,
 //! per call) and the kernel reads each where it lies, so the tape's per-step gradients are never
-//! joined into one copy. Every output is overwritten, never accumulated. The backward allocates
-//! the table and an f32 scratch of [G, N, K] partial sums per call.
+//! joined into one copy. Every output is overwritten, never accumulated in place; the backward
+//! may instead be handed `acc`, a gradient gathered so far, and then writes acc + dF in the same
+//! pass (read once beside the rest: (N + 3K) P elements moved, against (N + 5K) P for dF
+//! written and then added). dF and acc share a type `df_ty`: F's, or f32 over a bf16 F (the
+//! `_accf32` entries; there is none for a bf16 dF over an f32 F). The backward allocates the
+//! table and an f32 scratch of [G, N, K] partial sums per call.
 //!
 //! The grid is G = min(ceil(P / 512), the blocks the device holds at once), from the driver's
 //! occupancy of each kernel: every block is resident and owns an equal share of the columns,
@@ -58,6 +62,10 @@ pub const MMA_ROWS: usize = 16;
 /// Threads per block of the dH reduction, one block per (i, k) (`DH_THREADS`).
 pub const DH_THREADS: u32 = 128;
 
+/// Blocks per SM the f32 backward is compiled for (`BWD_F32_BLOCKS`, its `__launch_bounds__`):
+/// at most 128 registers per thread. Only the .cu uses it; the test below keeps the two equal.
+pub const HYPERNET_BWD_F32_BLOCKS: usize = 4;
+
 /// The most dynamic shared memory a block may opt in to on sm_90.
 pub const MAX_DYNAMIC_SHARED_BYTES: usize = 227 * 1024;
 
@@ -98,6 +106,23 @@ pub fn hypernet_kernel(kernel: HypernetKernel, f_ty: ElemType, h_ty: ElemType) -
         (Bwd, F32, Bf16) => "hypernet_bwd_f32_hbf16",
         (Bwd, Bf16, F32) => "hypernet_bwd_bf16_hf32",
         (Bwd, Bf16, Bf16) => "hypernet_bwd_bf16_hbf16",
+    }
+}
+
+/// The backward's entry for F's type, H's, and dF's (also acc's): `hypernet_kernel(Bwd, ..)`
+/// when dF is in F's type, `hypernet_bwd_bf16_h{h}_accf32` for an f32 dF over a bf16 F, and
+/// `None` for a bf16 dF over an f32 F, which no kernel writes.
+pub fn hypernet_bwd_kernel(
+    f_ty: ElemType,
+    h_ty: ElemType,
+    df_ty: ElemType,
+) -> Option<&'static str> {
+    use ElemType::*;
+    match (f_ty, h_ty, df_ty) {
+        _ if df_ty == f_ty => Some(hypernet_kernel(HypernetKernel::Bwd, f_ty, h_ty)),
+        (Bf16, F32, F32) => Some("hypernet_bwd_bf16_hf32_accf32"),
+        (Bf16, Bf16, F32) => Some("hypernet_bwd_bf16_hbf16_accf32"),
+        _ => None,
     }
 }
 
@@ -286,42 +311,61 @@ pub fn hypernet_fwd_into(
 
 // ---- backward ----
 
-/// (dh, df) of `hypernet_fwd` from the N steps' gradients, in new buffers.
+/// (dh, df) of `hypernet_fwd` from the N steps' gradients, in new buffers; df is acc + dF when
+/// `acc` is given. dF (and acc) are of `df_ty`: f_ty, or f32 over a bf16 f.
 ///
-/// Shapes: dws N x [P] (f_ty), h [N, K] (h_ty), f [K, P] (f_ty) -> dh [N, K] (h_ty),
-/// df [K, P] (f_ty)
+/// Shapes: dws N x [P] (f_ty), h [N, K] (h_ty), f [K, P] (f_ty), acc [K, P] (df_ty)
+/// -> dh [N, K] (h_ty), df [K, P] (df_ty)
+#[allow(clippy::too_many_arguments)] // the kernels' own list: outputs, inputs, sizes
 pub fn hypernet_bwd(
     f_ty: ElemType,
     h_ty: ElemType,
+    df_ty: ElemType,
     dws: &[&DeviceBuffer],
     h: &DeviceBuffer,
     f: &DeviceBuffer,
+    acc: Option<&DeviceBuffer>,
     shape: &HypernetShape,
 ) -> Result<(DeviceBuffer, DeviceBuffer)> {
-    let name = hypernet_kernel(HypernetKernel::Bwd, f_ty, h_ty);
+    let name = bwd_name(f_ty, h_ty, df_ty)?;
     let gpu = f.gpu();
     let mut dh = gpu.alloc(bytes_of(name, &[shape.n, shape.k], h_ty.size())?)?;
-    let mut df = gpu.alloc(bytes_of(name, &[shape.k, shape.p], f_ty.size())?)?;
-    hypernet_bwd_into(&mut dh, &mut df, f_ty, h_ty, dws, h, f, shape)?;
+    let mut df = gpu.alloc(bytes_of(name, &[shape.k, shape.p], df_ty.size())?)?;
+    hypernet_bwd_into(&mut dh, &mut df, f_ty, h_ty, df_ty, dws, h, f, acc, shape)?;
     Ok((dh, df))
 }
 
-/// `hypernet_bwd` into `dh` and `df` (both overwritten). Allocates the table of the dws'
-/// addresses (8 N bytes) and the [G, N, K] f32 partial sums for the call.
+/// The backward's entry, or the refusal of a bf16 dF over an f32 F.
+fn bwd_name(f_ty: ElemType, h_ty: ElemType, df_ty: ElemType) -> Result<&'static str> {
+    hypernet_bwd_kernel(f_ty, h_ty, df_ty).ok_or_else(|| {
+        let msg = "no kernel writes a bf16 dF over an f32 F; pass an f32 acc and round the sum";
+        launch_error(
+            hypernet_kernel(HypernetKernel::Bwd, f_ty, h_ty),
+            msg.to_string(),
+        )
+    })
+}
+
+/// `hypernet_bwd` into `dh` and `df` (both overwritten; df with acc + dF when `acc` is given).
+/// Allocates the table of the dws' addresses (8 N bytes) and
+/// the [G, N, K] f32 partial sums for the call.
 ///
-/// Shapes: dh [N, K] (h_ty), df [K, P] (f_ty) (written); dws N x [P], h [N, K], f [K, P]
+/// Shapes: dh [N, K] (h_ty), df [K, P] (df_ty) (written); dws N x [P], h [N, K], f [K, P],
+/// acc [K, P] (df_ty)
 #[allow(clippy::too_many_arguments)] // the kernels' own list: outputs, inputs, sizes
 pub fn hypernet_bwd_into(
     dh: &mut DeviceBuffer,
     df: &mut DeviceBuffer,
     f_ty: ElemType,
     h_ty: ElemType,
+    df_ty: ElemType,
     dws: &[&DeviceBuffer],
     h: &DeviceBuffer,
     f: &DeviceBuffer,
+    acc: Option<&DeviceBuffer>,
     shape: &HypernetShape,
 ) -> Result<()> {
-    let name = hypernet_kernel(HypernetKernel::Bwd, f_ty, h_ty);
+    let name = bwd_name(f_ty, h_ty, df_ty)?;
     let smem = check_shape(name, HypernetKernel::Bwd, f_ty, shape)?;
     let HypernetShape { n, k, p } = *shape;
     if dws.len() != n {
@@ -333,9 +377,10 @@ pub fn hypernet_bwd_into(
         Arg::new("h", h, n * k * h_ty.size()),
         Arg::new("f", f, k * p * e),
         Arg::new("dh", dh, n * k * h_ty.size()),
-        Arg::new("df", df, k * p * e),
+        Arg::new("df", df, k * p * df_ty.size()),
     ];
     args.extend(dws.iter().map(|dw| Arg::new("dw", dw, p * e)));
+    args.extend(acc.map(|acc| Arg::new("acc", acc, k * p * df_ty.size())));
     check_args(name, &args)?;
     let gpu = f.gpu().clone();
     if p == 0 {
@@ -360,19 +405,25 @@ pub fn hypernet_bwd_into(
     let (ptrs, _reads): (Vec<u64>, Vec<_>) =
         dws.iter().map(|dw| dw.slice().device_ptr(stream)).unzip();
     let table = gpu.upload(&ptrs)?;
-    let (n32, k32, p64) = (n as i32, k as i32, p as u64);
+    let (n32, k32, p64, no_acc) = (n as i32, k as i32, p as u64, 0u64);
     let mut launch = stream.launch_builder(&func);
     launch.arg(df.slice_mut()).arg(partial.slice_mut());
     launch.arg(table.slice()).arg(h.slice()).arg(f.slice());
+    match acc {
+        Some(acc) => launch.arg(acc.slice()),
+        None => launch.arg(&no_acc), // the kernel's nullptr: dF overwritten
+    };
     launch.arg(&n32).arg(&k32).arg(&p64);
-    // The arguments are the kernel's (T* df, float* partial, const T* const* dws, const H* h,
-    // const T* f, int n, int k, u64 p). df holds K P values of T, partial G N K floats
-    // (allocated so), h N K values of H, f K P values of T, and the table N addresses, each
-    // of a live buffer of P values of T on this device (checked above; the buffers outlive
-    // the launch, and the stream orders their later reuse after it). Block b writes only its
-    // share's columns of df and its own row of partial. df and partial are borrowed mutably
-    // and alias no input (a dw that was df would be borrowed twice). The shared memory is the
-    // kernel's carve (`bwd_smem_bytes`, checked); every buffer starts 256-byte aligned.
+    // The arguments are the kernel's (O* df, float* partial, const T* const* dws, const H* h,
+    // const T* f, const O* acc, int n, int k, u64 p), O the type of df_ty. df holds K P values
+    // of O, partial G N K floats (allocated so), h N K values of H, f K P values of T, acc
+    // (when not null) K P values of O, and the table N addresses, each of a live buffer of P
+    // values of T on this device (checked above; the buffers outlive the launch, and the
+    // stream orders their later reuse after it). Block b reads and writes only its share's
+    // columns of acc and df, and its own row of partial. df and partial are borrowed mutably
+    // and alias no input (a dw or an acc that was df would be borrowed twice). The shared
+    // memory is the kernel's carve (`bwd_smem_bytes`, checked); every buffer starts 256-byte
+    // aligned.
     // SAFETY: sound for the reasons just given.
     unsafe { launch.launch(hypernet_config(blocks, smem)) }.map_err(cuda("cuLaunchKernel"))?;
     launch_dh(&gpu, dh, h_ty, &partial, blocks, n * k)
@@ -420,7 +471,40 @@ mod tests {
             }
             names.push(dh_kernel(f_ty));
         }
+        // the f32 dF over a bf16 F
+        for h_ty in ElemType::ALL {
+            names.extend(hypernet_bwd_kernel(ElemType::Bf16, h_ty, ElemType::F32));
+        }
         names
+    }
+
+    #[test]
+    fn the_backward_is_named_by_its_three_types_and_refuses_bf16_over_f32() {
+        use ElemType::*;
+        for f_ty in ElemType::ALL {
+            for h_ty in ElemType::ALL {
+                // dF in F's own type: the plain backward's entry, with or without acc
+                let plain = hypernet_kernel(HypernetKernel::Bwd, f_ty, h_ty);
+                assert_eq!(hypernet_bwd_kernel(f_ty, h_ty, f_ty), Some(plain));
+            }
+        }
+        assert_eq!(
+            hypernet_bwd_kernel(Bf16, F32, F32),
+            Some("hypernet_bwd_bf16_hf32_accf32")
+        );
+        assert_eq!(
+            hypernet_bwd_kernel(Bf16, Bf16, F32),
+            Some("hypernet_bwd_bf16_hbf16_accf32")
+        );
+        for h_ty in ElemType::ALL {
+            assert_eq!(hypernet_bwd_kernel(F32, h_ty, Bf16), None);
+        }
+        // the refusal names the plain kernel and says what to do instead
+        let msg = bwd_name(F32, Bf16, Bf16).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("hypernet_bwd_f32_hbf16: ") && msg.contains("f32 acc"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -447,6 +531,7 @@ mod tests {
             format!("constexpr int PAD_BYTES = {PAD_BYTES};"),
             format!("constexpr int MMA_ROWS = {MMA_ROWS};"),
             format!("constexpr int DH_THREADS = {DH_THREADS};"),
+            format!("constexpr int BWD_F32_BLOCKS = {HYPERNET_BWD_F32_BLOCKS};"),
         ];
         for line in &lines {
             assert!(source.contains(line.as_str()), "hypernet.cu lacks {line:?}");

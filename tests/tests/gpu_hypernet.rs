@@ -9,6 +9,11 @@
 //! case hands the backward gradients that are views (a narrowed slice, a transpose), which the
 //! runtime makes dense one by one.
 //!
+//! The backward into a gradient gathered so far (`generate_bwd_acc`, the kernels' `acc`) is
+//! held to the CPU's at the same shapes, with acc in f's dtype, in f32 over a bf16 f (the
+//! `_accf32` kernels), and in bf16 over an f32 f (the runtime's widened path); without acc it
+//! is the plain backward to the bit.
+//!
 //! Both sides read the same values: inputs drawn in their dtype on the CPU and copied to the
 //! device. The CPU sums in f32 (dh in f64) and rounds once to the output's dtype; the device
 //! sums in f32 in another order (dh over chunks, warps and blocks; bf16's dh on the tensor
@@ -24,9 +29,10 @@
 //! roundings a term passes through times 2^-24 mag, a few dozen here (K or N for w and df; for
 //! dh a lane's 16 columns, a butterfly, one add per chunk, four warps, the blocks), which
 //! 2^-16 mag = 256 x 2^-24 mag covers; a missing term is of order mag / K and fails it.
-//! `the_bar_admits_a_rounding_and_refuses_a_missing_term` checks that on the CPU.
+//! `the_bar_admits_a_rounding_and_refuses_a_missing_term` checks that on the CPU. Into acc, the
+//! same bar with |acc| added to mag: each side adds acc to its f32 sum and rounds once.
 
-use odeflow_runtime::ops::hypernet::{generate, generate_bwd};
+use odeflow_runtime::ops::hypernet::{generate, generate_bwd, generate_bwd_acc};
 use odeflow_runtime::{DType, Device, Error, Rng, Tensor};
 
 const CUDA: Device = Device::Cuda(0);
@@ -136,21 +142,23 @@ const DTYPE_PAIRS: [(DType, DType); 4] = [
 
 // ---- against the CPU ----
 
+/// (N, f's shape) at every path of the kernels.
+const SHAPES: [(usize, &[usize]); 8] = [
+    (12, &[21, 3 * 512 + 40]), // aligned, four chunks, the last ragged
+    (4, &[9, 1003]),           // P odd: plain loads
+    (1, &[9, 8, 13]),          // N = 1, P = 104 (one partial chunk, aligned)
+    (5, &[21, 130]),           // P = 2 mod 4: plain loads for both dtypes
+    (3, &[21, 5]),             // P below one 16-byte vector
+    (20, &[33, 520]),          // N past one mma tile, K past two
+    (48, &[21, 768]),          // the most steps, a norm parameter [K, D]
+    (12, &[20, 4096]),         // a bias's E = 20 rows
+];
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn generate_and_its_backward_match_the_cpu_at_every_path() {
-    let shapes: [(usize, &[usize]); 8] = [
-        (12, &[21, 3 * 512 + 40]), // aligned, four chunks, the last ragged
-        (4, &[9, 1003]),           // P odd: plain loads
-        (1, &[9, 8, 13]),          // N = 1, P = 104 (one partial chunk, aligned)
-        (5, &[21, 130]),           // P = 2 mod 4: plain loads for both dtypes
-        (3, &[21, 5]),             // P below one 16-byte vector
-        (20, &[33, 520]),          // N past one mma tile, K past two
-        (48, &[21, 768]),          // the most steps, a norm parameter [K, D]
-        (12, &[20, 4096]),         // a bias's E = 20 rows
-    ];
     let mut seed = 1;
-    for (n, f_shape) in shapes {
+    for (n, f_shape) in SHAPES {
         for (f_ty, h_ty) in DTYPE_PAIRS {
             let c = Case::new(n, f_shape, f_ty, h_ty, seed);
             seed += 1;
@@ -204,6 +212,66 @@ fn the_backward_is_the_same_bits_run_to_run() {
     assert_eq!(vals(&df1), vals(&df2));
 }
 
+// ---- into a gradient gathered so far ----
+
+/// The backward into acc (drawn in `acc_ty`) on both devices: dh as without acc, and acc + df
+/// within the bar, mag being the plain backward's plus |acc|.
+fn check_acc_case(c: &Case, acc_ty: DType, seed: u64) {
+    let acc = Tensor::randn(c.f.shape(), 0.0, 1.0, acc_ty, &mut Rng::new(seed));
+    let (want_dh, want_sum) = generate_bwd_acc(&c.dws, &c.h, &c.f, Some(&acc)).unwrap();
+    let (ah, af, aacc) = (abs(&c.h), abs(&c.f), abs(&acc));
+    let adws: Vec<Tensor> = c.dws.iter().map(abs).collect();
+    let (mag_dh, mag_sum) = generate_bwd_acc(&adws, &ah, &af, Some(&aacc)).unwrap();
+    let dws: Vec<Tensor> = c.dws.iter().map(cuda).collect();
+    let (h, f) = (cuda(&c.h), cuda(&c.f));
+    let (dh, sum) = generate_bwd_acc(&dws, &h, &f, Some(&cuda(&acc))).unwrap();
+    let label = format!("{}, acc {acc_ty:?}", c.label);
+    assert_within(&format!("{label}: dh"), &dh, &want_dh, &mag_dh);
+    assert_within(&format!("{label}: acc + df"), &sum, &want_sum, &mag_sum);
+}
+
+/// The dtypes of acc over an f of `f_ty`: its own, and the other one (f32 over bf16 is the
+/// `_accf32` kernels; bf16 over f32 the runtime's widened path).
+fn acc_dtypes(f_ty: DType) -> [DType; 2] {
+    match f_ty {
+        DType::BF16 => [DType::BF16, DType::F32],
+        _ => [DType::F32, DType::BF16],
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_backward_into_a_gradient_matches_the_cpu_at_every_path() {
+    let mut seed = 100;
+    for (n, f_shape) in SHAPES {
+        for (f_ty, h_ty) in DTYPE_PAIRS {
+            let c = Case::new(n, f_shape, f_ty, h_ty, seed);
+            for acc_ty in acc_dtypes(f_ty) {
+                check_acc_case(&c, acc_ty, seed + 1);
+            }
+            seed += 2;
+        }
+    }
+    // the model's attention projection under mixed precision: a bf16 f, an f32 gradient
+    let c = Case::new(12, &[21, 768, 768], DType::BF16, DType::F32, 78);
+    check_acc_case(&c, DType::F32, 79);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn the_backward_without_a_gradient_is_the_plain_backward_to_the_bit() {
+    for (f_ty, h_ty) in DTYPE_PAIRS {
+        let c = Case::new(12, &[21, 3 * 512 + 40], f_ty, h_ty, 12);
+        let (h, f) = (cuda(&c.h), cuda(&c.f));
+        let dws: Vec<Tensor> = c.dws.iter().map(cuda).collect();
+        let (dh1, df1) = generate_bwd(&dws, &h, &f).unwrap();
+        let (dh2, df2) = generate_bwd_acc(&dws, &h, &f, None).unwrap();
+        assert_eq!((df2.dtype(), dh2.dtype()), (f_ty, h_ty), "{}", c.label);
+        assert_eq!(vals(&dh1), vals(&dh2), "{}: dh", c.label);
+        assert_eq!(vals(&df1), vals(&df2), "{}: df", c.label);
+    }
+}
+
 // ---- errors ----
 
 #[test]
@@ -247,11 +315,27 @@ fn the_launchers_refuse_short_buffers_and_a_wrong_count() {
     assert!(msg.starts_with("hypernet_fwd_f32_hf32: f holds"), "{msg}");
     let f = gpu.alloc(9 * 100 * 4).unwrap();
     let dw = gpu.alloc(100 * 4).unwrap();
-    let Err(err) = hypernet_bwd(ElemType::F32, ElemType::F32, &[&dw; 3], &h, &f, &shape) else {
+    let f32 = ElemType::F32;
+    let Err(err) = hypernet_bwd(f32, f32, f32, &[&dw; 3], &h, &f, None, &shape) else {
         panic!("3 gradients were taken for 4 steps");
     };
     assert!(
         err.to_string().contains("3 step gradients for N = 4"),
+        "{err}"
+    );
+    // an acc one element short, and a bf16 dF over an f32 F (which no kernel writes)
+    let short = gpu.alloc(9 * 100 * 4 - 4).unwrap();
+    let Err(err) = hypernet_bwd(f32, f32, f32, &[&dw; 4], &h, &f, Some(&short), &shape) else {
+        panic!("a short acc was taken");
+    };
+    let msg = err.to_string();
+    assert!(msg.starts_with("hypernet_bwd_f32_hf32: acc holds"), "{msg}");
+    let bf16 = ElemType::Bf16;
+    let Err(err) = hypernet_bwd(f32, f32, bf16, &[&dw; 4], &h, &f, None, &shape) else {
+        panic!("a bf16 dF over an f32 F was taken");
+    };
+    assert!(
+        err.to_string().contains("no kernel writes a bf16 dF"),
         "{err}"
     );
 }

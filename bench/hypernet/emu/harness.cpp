@@ -1,7 +1,9 @@
 // harness.cpp: kernels/cuda/hypernet.cu run under the flash workbench's host emulator (bench/flash/emu/emu.h)
 // against a double-precision reference, forward, backward and the dH reduction, at ragged shapes, every dtype
 // pair, and grids of one block, a few blocks, and one block per chunk (so a block walks one chunk, several, or a
-// ragged share). No GPU and no CUDA toolkit: only g++.
+// ragged share). The backward runs three more times into a gradient gathered so far (acc): in T, in f32 over a
+// bf16 T (the `_accf32` entries), and those entries' f32 dF with no acc; each must leave the partials of dH
+// bit for bit as the plain run's. No GPU and no CUDA toolkit: only g++.
 //
 // Inputs are drawn in f32, rounded to T (and H) once, and the reference reads the same values. The bar, element
 // by element, is that of tests/tests/gpu_hypernet.rs:
@@ -99,20 +101,57 @@ void fwd(float* w, const float* h, const float* f, int n, int k, u64 p) { hypern
 void fwd(float* w, const bf16* h, const float* f, int n, int k, u64 p) { hypernet_fwd_f32_hbf16(w, h, f, n, k, p); }
 void fwd(bf16* w, const float* h, const bf16* f, int n, int k, u64 p) { hypernet_fwd_bf16_hf32(w, h, f, n, k, p); }
 void fwd(bf16* w, const bf16* h, const bf16* f, int n, int k, u64 p) { hypernet_fwd_bf16_hbf16(w, h, f, n, k, p); }
-void bwd(float* df, float* part, const float* const* dws, const float* h, const float* f, int n, int k, u64 p) {
-    hypernet_bwd_f32_hf32(df, part, dws, h, f, n, k, p);
+// the backward by its types: dF (and acc) in T, or in f32 over a bf16 T (`_accf32`)
+using cfloats = const float* const*;
+using cbf16s = const bf16* const*;
+void bwd(float* df, float* part, cfloats dws, const float* h, const float* f, const float* acc, int n, int k,
+         u64 p) {
+    hypernet_bwd_f32_hf32(df, part, dws, h, f, acc, n, k, p);
 }
-void bwd(float* df, float* part, const float* const* dws, const bf16* h, const float* f, int n, int k, u64 p) {
-    hypernet_bwd_f32_hbf16(df, part, dws, h, f, n, k, p);
+void bwd(float* df, float* part, cfloats dws, const bf16* h, const float* f, const float* acc, int n, int k,
+         u64 p) {
+    hypernet_bwd_f32_hbf16(df, part, dws, h, f, acc, n, k, p);
 }
-void bwd(bf16* df, float* part, const bf16* const* dws, const float* h, const bf16* f, int n, int k, u64 p) {
-    hypernet_bwd_bf16_hf32(df, part, dws, h, f, n, k, p);
+void bwd(bf16* df, float* part, cbf16s dws, const float* h, const bf16* f, const bf16* acc, int n, int k, u64 p) {
+    hypernet_bwd_bf16_hf32(df, part, dws, h, f, acc, n, k, p);
 }
-void bwd(bf16* df, float* part, const bf16* const* dws, const bf16* h, const bf16* f, int n, int k, u64 p) {
-    hypernet_bwd_bf16_hbf16(df, part, dws, h, f, n, k, p);
+void bwd(bf16* df, float* part, cbf16s dws, const bf16* h, const bf16* f, const bf16* acc, int n, int k, u64 p) {
+    hypernet_bwd_bf16_hbf16(df, part, dws, h, f, acc, n, k, p);
+}
+void bwd(float* df, float* part, cbf16s dws, const float* h, const bf16* f, const float* acc, int n, int k,
+         u64 p) {
+    hypernet_bwd_bf16_hf32_accf32(df, part, dws, h, f, acc, n, k, p);
+}
+void bwd(float* df, float* part, cbf16s dws, const bf16* h, const bf16* f, const float* acc, int n, int k,
+         u64 p) {
+    hypernet_bwd_bf16_hbf16_accf32(df, part, dws, h, f, acc, n, k, p);
 }
 void dh_sum(float* dh, const float* part, int blocks, int nk) { hypernet_dh_f32(dh, part, blocks, nk); }
 void dh_sum(bf16* dh, const float* part, int blocks, int nk) { hypernet_dh_bf16(dh, part, blocks, nk); }
+
+// The backward into O, with acc (O, drawn from `rng`) or without (`with_acc` false): dF (acc + dF) held to the
+// bar with acc's magnitude added, and the partials of dH bit for bit those of the plain run (`want_part`).
+template <typename O, typename T, typename H>
+void run_acc(const char* label, bool with_acc, const std::vector<const T*>& ptrs, const std::vector<H>& h,
+             const std::vector<T>& f, const std::vector<double>& df_ref, const std::vector<double>& df_mag,
+             const std::vector<float>& want_part, int n, int k, u64 p, unsigned blocks, Rng& rng) {
+    std::vector<double> ref = df_ref, mag = df_mag;
+    std::vector<O> acc;
+    if (with_acc) {
+        acc = normals<O>((size_t)k * p, rng);
+        for (size_t e = 0; e < acc.size(); e++) ref[e] += get(acc[e]), mag[e] += std::fabs(get(acc[e]));
+    }
+    auto out = poisoned<O>((size_t)k * p);
+    auto part = poisoned<float>((size_t)blocks * n * k);
+    const O* acc_ptr = with_acc ? acc.data() : nullptr;
+    emu::launch({blocks, 1, 1}, THREADS, bwd_smem_bytes<T>(n, k),
+                [&] { bwd(out.data(), part.data(), ptrs.data(), h.data(), f.data(), acc_ptr, n, k, p); });
+    check(label, out, ref, mag);
+    if (std::memcmp(part.data(), want_part.data(), part.size() * sizeof(float)) != 0) {
+        failures++;
+        std::printf("    %-6s FAIL: the partials of dH differ from the plain backward's\n", label);
+    }
+}
 
 // One shape, one dtype pair (T for f, w, dF, dW; H for h, dH), one grid cap.
 template <typename T, typename H>
@@ -150,8 +189,14 @@ void run_case(int n, int k, u64 p, unsigned resident, uint64_t seed) {
     auto df = poisoned<T>((size_t)k * p);
     auto part = poisoned<float>((size_t)blocks * n * k);
     emu::launch({blocks, 1, 1}, THREADS, bwd_smem_bytes<T>(n, k),
-                [&] { bwd(df.data(), part.data(), ptrs.data(), h.data(), f.data(), n, k, p); });
+                [&] { bwd(df.data(), part.data(), ptrs.data(), h.data(), f.data(), (const T*)nullptr, n, k, p); });
     check("df", df, df_ref, df_mag);
+    // into a gradient gathered so far: in T, and for a bf16 T in f32 (with and without acc)
+    run_acc<T>("acc+df", true, ptrs, h, f, df_ref, df_mag, part, n, k, p, blocks, rng);
+    if constexpr (sizeof(T) == 2) {
+        run_acc<float>("f32+df", true, ptrs, h, f, df_ref, df_mag, part, n, k, p, blocks, rng);
+        run_acc<float>("f32 df", false, ptrs, h, f, df_ref, df_mag, part, n, k, p, blocks, rng);
+    }
     auto dh = poisoned<H>((size_t)n * k);
     if (n * k > 0)
         emu::launch({(unsigned)(n * k), 1, 1}, DH_THREADS, DH_THREADS / 32 * 4,

@@ -13,16 +13,20 @@
 //! first); f and the gradients in bf16 (h in f32, as under mixed precision) and in f32.
 //! Bytes counted: the forward reads F and writes W, (K + N) P elements; the backward reads the
 //! N gradients and F and writes dF, (N + 2K) P elements (H, dH and the kernel's 1 KB per block
-//! of partial sums are left out). The copy moves the same bytes: half of them read, half
-//! written. Times: through the runtime's ops on CUDA tensors (what the model calls), the mean
-//! of `--reps` back-to-back calls between two CUDA events, after two warm-ups; "host us" is the
+//! of partial sums are left out); the backward into a gradient gathered so far ("bwd+acc",
+//! `generate_bwd_acc`) also reads acc, (N + 3K) P elements, acc and the sum in f32 (an f32
+//! gradient over the bf16 f of mixed precision, or over the f32 f). Its composed path is the
+//! plain backward and then acc + df (with df cast to f32 first for a bf16 f), which moves
+//! (N + 5K) P and more. The copy moves the same bytes: half of them read, half written.
+//! Times: through the runtime's ops on CUDA tensors (what the model calls), the mean of
+//! `--reps` back-to-back calls between two CUDA events, after two warm-ups; "host us" is the
 //! host's time to enqueue one call, which bounds the measurement when it exceeds the device's.
 //! Before timing, each case's fused results are held against the CPU op at the element-wise
 //! bar of `tests/tests/gpu_hypernet.rs`; a case that fails prints FAIL and is not timed.
 //! Without a GPU this prints the driver error and exits 1.
 
 use odeflow_kernels::Gpu;
-use odeflow_runtime::ops::hypernet::{generate, generate_bwd};
+use odeflow_runtime::ops::hypernet::{generate, generate_bwd, generate_bwd_acc};
 use odeflow_runtime::{DType, Device, Rng, Tensor};
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -50,12 +54,37 @@ fn main() {
     }
 }
 
-/// Elements each direction must move (see the module doc).
-fn elements_moved(backward: bool, n: usize, k: usize, p: usize) -> usize {
-    if backward {
-        (n + 2 * k) * p
-    } else {
-        (k + n) * p
+/// The three passes timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Fwd,
+    Bwd,
+    /// the backward into a gradient gathered so far
+    BwdAcc,
+}
+
+impl Pass {
+    fn name(self) -> &'static str {
+        match self {
+            Pass::Fwd => "fwd",
+            Pass::Bwd => "bwd",
+            Pass::BwdAcc => "bwd+acc",
+        }
+    }
+}
+
+/// Bytes each pass must move (see the module doc), f and the gradients of `f_size` bytes, acc
+/// and the sum of `acc_size`: (K + N) P, (N + 2K) P, and (N + K) P + 2 K P elements.
+fn bytes_moved(
+    pass: Pass,
+    (n, k, p): (usize, usize, usize),
+    f_size: usize,
+    acc_size: usize,
+) -> usize {
+    match pass {
+        Pass::Fwd => (k + n) * p * f_size,
+        Pass::Bwd => (n + 2 * k) * p * f_size,
+        Pass::BwdAcc => (n + k) * p * f_size + 2 * k * p * acc_size,
     }
 }
 
@@ -93,18 +122,21 @@ struct Case {
     label: String,
     dtype: DType,
     p: usize,
-    cpu: [Tensor; 2],
+    /// h, f, and the gradient gathered so far (acc, f32)
+    cpu: [Tensor; 3],
     cpu_dws: Vec<Tensor>,
-    dev: [Tensor; 2],
+    dev: [Tensor; 3],
     dev_dws: Vec<Tensor>,
 }
 
 impl Case {
-    /// h [N, K] f32, f [K, d_in, d_out] and N gradients [d_in, d_out] in `dtype`, N(0, 1).
+    /// h [N, K] f32, f [K, d_in, d_out] and N gradients [d_in, d_out] in `dtype`, acc
+    /// [K, d_in, d_out] f32, N(0, 1).
     fn new(d_in: usize, d_out: usize, dtype: DType) -> Result<Case> {
         let mut rng = Rng::new((d_in * d_out) as u64);
         let h = Tensor::randn(&[N, K], 0.0, 1.0, DType::F32, &mut rng);
         let f = Tensor::randn(&[K, d_in, d_out], 0.0, 1.0, dtype, &mut rng);
+        let acc = Tensor::randn(&[K, d_in, d_out], 0.0, 1.0, DType::F32, &mut rng);
         let cpu_dws: Vec<Tensor> = (0..N)
             .map(|_| Tensor::randn(&[d_in, d_out], 0.0, 1.0, dtype, &mut rng))
             .collect();
@@ -116,14 +148,15 @@ impl Case {
             label: format!("{d_in}x{d_out}"),
             dtype,
             p: d_in * d_out,
-            dev: [h.to_device(CUDA)?, f.to_device(CUDA)?],
-            cpu: [h, f],
+            dev: [h.to_device(CUDA)?, f.to_device(CUDA)?, acc.to_device(CUDA)?],
+            cpu: [h, f, acc],
             cpu_dws,
             dev_dws,
         })
     }
 
-    /// The check, then the forward and backward rows (fused, composed, copy).
+    /// The check, then the forward, backward and backward-into-acc rows (fused, composed,
+    /// copy).
     fn measure(&self, gpu: &Arc<Gpu>, reps: usize) -> Result<Vec<Value>> {
         let name = dtype_name(self.dtype);
         if let Err(why) = self.check() {
@@ -135,16 +168,24 @@ impl Case {
                 "op": format!("hypernet {name}"), "p": self.label, "check": format!("FAIL: {why}"),
             })]);
         }
-        let [h, f] = &self.dev;
+        let [h, f, acc] = &self.dev;
         let dws = &self.dev_dws;
         let fwd = time_us(gpu, reps, || generate(h, f))?;
         let fwd_composed = time_us(gpu, reps, || composed_fwd(h, f))?;
         let bwd = time_us(gpu, reps, || generate_bwd(dws, h, f))?;
         let bwd_composed = time_us(gpu, reps, || composed_bwd(dws, h, f))?;
+        let into = time_us(gpu, reps, || generate_bwd_acc(dws, h, f, Some(acc)))?;
+        let into_composed = time_us(gpu, reps, || bwd_then_add(dws, h, f, acc))?;
+        let passes = [
+            (Pass::Fwd, fwd, fwd_composed),
+            (Pass::Bwd, bwd, bwd_composed),
+            (Pass::BwdAcc, into, into_composed),
+        ];
         let mut rows = Vec::new();
-        for (backward, fused, composed) in [(false, fwd, fwd_composed), (true, bwd, bwd_composed)] {
-            let dir = if backward { "bwd" } else { "fwd" };
-            let bytes = elements_moved(backward, N, K, self.p) * self.dtype.size_in_bytes();
+        for (pass, fused, composed) in passes {
+            let dir = pass.name();
+            let sizes = (self.dtype.size_in_bytes(), acc.dtype().size_in_bytes());
+            let bytes = bytes_moved(pass, (N, K, self.p), sizes.0, sizes.1);
             let copy = copy_us(gpu, reps, bytes)?;
             let (rate, copy_rate) = (bytes as f64 / fused.0 / 1e3, bytes as f64 / copy / 1e3);
             let (fraction, speedup) = (rate / copy_rate, composed.0 / fused.0);
@@ -166,8 +207,8 @@ impl Case {
 
     /// The fused results on the device against the CPU op, element by element.
     fn check(&self) -> std::result::Result<(), String> {
-        let [h, f] = &self.cpu;
-        let [hd, fd] = &self.dev;
+        let [h, f, acc] = &self.cpu;
+        let [hd, fd, accd] = &self.dev;
         let why = |e: odeflow_runtime::Error| e.to_string();
         let want_w = generate(h, f).map_err(why)?;
         let (ah, af) = (abs(h), abs(f));
@@ -179,7 +220,12 @@ impl Case {
         let (mag_dh, mag_df) = generate_bwd(&adws, &ah, &af).map_err(why)?;
         let (dh, df) = generate_bwd(&self.dev_dws, hd, fd).map_err(why)?;
         within("dh", &dh, &want_dh, &mag_dh)?;
-        within("df", &df, &want_df, &mag_df)
+        within("df", &df, &want_df, &mag_df)?;
+        // into acc: the same bar with |acc| in the magnitudes
+        let (_, want_sum) = generate_bwd_acc(&self.cpu_dws, h, f, Some(acc)).map_err(why)?;
+        let (_, mag_sum) = generate_bwd_acc(&adws, &ah, &af, Some(&abs(acc))).map_err(why)?;
+        let (_, sum) = generate_bwd_acc(&self.dev_dws, hd, fd, Some(accd)).map_err(why)?;
+        within("acc + df", &sum, &want_sum, &mag_sum)
     }
 }
 
@@ -246,6 +292,18 @@ fn composed_bwd(
     Ok((dh, df))
 }
 
+/// The backward into acc as the runtime composed it before the fused store: the plain
+/// backward, then df cast to acc's dtype and added (the cast a pass of its own for a bf16 f).
+fn bwd_then_add(
+    dws: &[Tensor],
+    h: &Tensor,
+    f: &Tensor,
+    acc: &Tensor,
+) -> odeflow_runtime::Result<(Tensor, Tensor)> {
+    let (dh, df) = generate_bwd(dws, h, f)?;
+    Ok((dh, acc.add(&df.to_dtype(acc.dtype())?)?))
+}
+
 /// Mean device microseconds of `f` over `reps` back-to-back calls between two CUDA events,
 /// after two warm-ups, and the host's microseconds per call to enqueue them. Each call's
 /// outputs are dropped at once, so their buffers go back to the device's cache for the next.
@@ -285,9 +343,15 @@ mod tests {
     #[test]
     fn the_byte_counts_are_the_least_each_pass_moves() {
         // forward: F read (21 rows) and W written (12); backward: 12 gradients and F read,
-        // dF written (21)
-        assert_eq!(elements_moved(false, 12, 21, 768 * 768), 33 * 589_824);
-        assert_eq!(elements_moved(true, 12, 21, 768 * 768), 54 * 589_824);
+        // dF written (21); into acc: acc read too (21 more), in f32 over a bf16 f
+        let shape = (12, 21, 768 * 768);
+        assert_eq!(bytes_moved(Pass::Fwd, shape, 2, 4), 33 * 589_824 * 2);
+        assert_eq!(bytes_moved(Pass::Bwd, shape, 4, 4), 54 * 589_824 * 4);
+        assert_eq!(bytes_moved(Pass::BwdAcc, shape, 4, 4), 75 * 589_824 * 4);
+        assert_eq!(
+            bytes_moved(Pass::BwdAcc, shape, 2, 4),
+            (33 * 2 + 42 * 4) * 589_824
+        );
     }
 
     #[test]
@@ -326,5 +390,9 @@ mod tests {
         let (dh, df) = composed_bwd(&dws, &h, &f).unwrap();
         let (want_dh, want_df) = generate_bwd(&dws, &h, &f).unwrap();
         assert!(close(&dh, &want_dh) && close(&df.reshape(&[4, 5, 6]).unwrap(), &want_df));
+        let acc = Tensor::randn(&[4, 5, 6], 0.0, 1.0, DType::F32, &mut rng);
+        let (_, sum) = bwd_then_add(&dws, &h, &f, &acc).unwrap();
+        let (_, want_sum) = generate_bwd_acc(&dws, &h, &f, Some(&acc)).unwrap();
+        assert!(close(&sum, &want_sum));
     }
 }

@@ -8,10 +8,11 @@
 //! Each input is made `dense` (a copy only where it is a view); each step's gradient is made
 //! dense on its own and handed to the kernel by its address, so the N gradients are never
 //! joined. The outputs are fresh buffers, overwritten by the kernels: w and df in f's dtype, dh
-//! in h's, as on the CPU.
+//! in h's, as on the CPU; given a gradient gathered so far (`acc`), the backward's kernel reads
+//! it in the same pass and writes acc + df in acc's dtype instead.
 
 use super::{dense, elem_type, flat, wrap};
-use crate::{Result, Tensor};
+use crate::{DType, Result, Tensor};
 use odeflow_kernels::hypernet::{self as kernels, HypernetShape};
 use odeflow_kernels::DeviceBuffer;
 
@@ -37,7 +38,8 @@ pub fn generate(h: &Tensor, f: &Tensor) -> Result<Tensor> {
 }
 
 /// The backward of `generate` from the N steps' gradients: (dh, df), dh[i, k] = dw[i] . f[k]
-/// and df[k] = sum_i h[i, k] dw[i], with df added to `acc` (in acc's dtype) when one is given.
+/// and df[k] = sum_i h[i, k] dw[i], with df added to `acc` (in acc's dtype) in the same pass
+/// when one is given.
 ///
 /// Shapes: dws N x [..], h [N, K], f [K, ..], acc [K, ..] -> dh [N, K], df [K, ..]
 pub fn generate_bwd(
@@ -47,26 +49,42 @@ pub fn generate_bwd(
     acc: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
     let op = "generate_bwd";
+    if let Some(acc) = acc.filter(|a| f.dtype() == DType::F32 && a.dtype() == DType::BF16) {
+        // a bf16 gradient over an f32 parameter, which no model keeps, has no kernel: the sum
+        // is made in f32 and rounded once, as on the CPU, at the cost of two casts
+        let (dh, sum) = generate_bwd(dws, h, f, Some(&acc.to_dtype(DType::F32)?))?;
+        return Ok((dh, sum.to_dtype(DType::BF16)?));
+    }
     let (f_ty, h_ty) = (elem_type(op, f.dtype())?, elem_type(op, h.dtype())?);
+    let df_dtype = acc.map_or(f.dtype(), Tensor::dtype);
+    let df_ty = elem_type(op, df_dtype)?;
     let (h, f) = (dense(h)?, dense(f)?);
     let dws: Vec<Tensor> = dws.iter().map(dense).collect::<Result<_>>()?;
+    let acc = acc.map(dense).transpose()?;
     let (hs, fs) = (flat(op, &h)?, flat(op, &f)?);
     let dw_buffers: Vec<&DeviceBuffer> = dws
         .iter()
         .map(|dw| flat(op, dw).map(|s| s.buffer()))
         .collect::<Result<_>>()?;
+    let acc_buffer = match &acc {
+        Some(acc) => Some(flat(op, acc)?.buffer()),
+        None => None,
+    };
     let shape = shape_of(&h, &f);
-    let (dh, df) =
-        kernels::hypernet_bwd(f_ty, h_ty, &dw_buffers, hs.buffer(), fs.buffer(), &shape)?;
-    let (dh, df) = (
+    let (dh, df) = kernels::hypernet_bwd(
+        f_ty,
+        h_ty,
+        df_ty,
+        &dw_buffers,
+        hs.buffer(),
+        fs.buffer(),
+        acc_buffer,
+        &shape,
+    )?;
+    Ok((
         wrap(dh, h.dtype(), h.shape(), hs.ordinal()),
-        wrap(df, f.dtype(), f.shape(), fs.ordinal()),
-    );
-    // Shortfall: the sum into acc is a second pass here (the CPU fuses it into the product)
-    match acc {
-        None => Ok((dh, df)),
-        Some(acc) => Ok((dh, acc.add(&df.to_dtype(acc.dtype())?)?)),
-    }
+        wrap(df, df_dtype, f.shape(), fs.ordinal()),
+    ))
 }
 
 #[cfg(test)]
