@@ -60,6 +60,16 @@ impl Tokenizer {
         }
     }
 
+    /// The tokeniser a model with `vocab_size` rows was most likely trained with, for a binary
+    /// not told: gpt2 when the model can hold GPT-2's 50257 tokens, byte otherwise.
+    pub fn for_vocab_size(vocab_size: usize) -> Tokenizer {
+        if vocab_size >= GPT2_VOCAB as usize {
+            Tokenizer::Gpt2
+        } else {
+            Tokenizer::Byte
+        }
+    }
+
     /// V: every token id is below this.
     pub fn vocab_size(self) -> u32 {
         match self {
@@ -87,14 +97,7 @@ impl Tokenizer {
     /// Text of `tokens`, with end-of-text shown as `<|endoftext|>`. Byte sequences that are not
     /// UTF-8 (a window can cut a character in two) become U+FFFD.
     pub fn decode(self, tokens: &[u32]) -> Result<String, TokenizeError> {
-        if let Some(&token) = tokens.iter().find(|&&t| t >= self.vocab_size()) {
-            let (tokenizer, vocab_size) = (self.name(), self.vocab_size());
-            return Err(TokenizeError::UnknownToken {
-                token,
-                tokenizer,
-                vocab_size,
-            });
-        }
+        self.check_ids(tokens)?;
         match self {
             Tokenizer::Byte => Ok(decode_bytes(tokens)),
             Tokenizer::Gpt2 => {
@@ -103,6 +106,40 @@ impl Tokenizer {
                     .expect("ids checked against V above");
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
+        }
+    }
+
+    /// The bytes of `tokens`, end-of-text as `<|endoftext|>`: `decode` before its UTF-8 step.
+    /// A printer that streams tokens needs them, because a token can end inside a character
+    /// (every byte token of a multi-byte character does, and so do some GPT-2 tokens).
+    pub fn decode_raw(self, tokens: &[u32]) -> Result<Vec<u8>, TokenizeError> {
+        self.check_ids(tokens)?;
+        match self {
+            Tokenizer::Byte => {
+                let mut bytes = Vec::with_capacity(tokens.len());
+                for &t in tokens {
+                    match t {
+                        BYTE_EOT => bytes.extend_from_slice(EOT_TEXT.as_bytes()),
+                        byte => bytes.push(byte as u8),
+                    }
+                }
+                Ok(bytes)
+            }
+            Tokenizer::Gpt2 => Ok(gpt2()?
+                .decode_bytes(tokens)
+                .expect("ids checked against V above")),
+        }
+    }
+
+    /// Every id must be below V.
+    fn check_ids(self, tokens: &[u32]) -> Result<(), TokenizeError> {
+        match tokens.iter().find(|&&t| t >= self.vocab_size()) {
+            None => Ok(()),
+            Some(&token) => Err(TokenizeError::UnknownToken {
+                token,
+                tokenizer: self.name(),
+                vocab_size: self.vocab_size(),
+            }),
         }
     }
 }
@@ -199,6 +236,31 @@ mod tests {
     fn gpt2_reads_a_literal_eot_as_text() {
         let tokens = Tokenizer::Gpt2.encode("<|endoftext|>").unwrap();
         assert!(tokens.len() > 1 && !tokens.contains(&GPT2_EOT));
+    }
+
+    #[test]
+    fn the_vocabulary_size_picks_the_tokenizer() {
+        assert_eq!(Tokenizer::for_vocab_size(256), Tokenizer::Byte);
+        assert_eq!(Tokenizer::for_vocab_size(50256), Tokenizer::Byte);
+        assert_eq!(Tokenizer::for_vocab_size(50257), Tokenizer::Gpt2);
+        assert_eq!(Tokenizer::for_vocab_size(50304), Tokenizer::Gpt2);
+    }
+
+    #[test]
+    fn decode_raw_gives_the_bytes_before_the_utf8_step() {
+        // half of 'é' (0xC3 0xA9) is a byte a streaming printer must hold back, not U+FFFD
+        assert_eq!(Tokenizer::Byte.decode_raw(&[104, 0xC3]).unwrap(), b"h\xC3");
+        assert_eq!(
+            Tokenizer::Byte.decode_raw(&[0, 105]).unwrap(),
+            b"<|endoftext|>i"
+        );
+        let bytes = Tokenizer::Gpt2.decode_raw(&[15496, 995, 50256]).unwrap();
+        assert_eq!(bytes, b"Hello world<|endoftext|>");
+        let err = Tokenizer::Gpt2.decode_raw(&[50257]).unwrap_err();
+        assert!(matches!(
+            err,
+            TokenizeError::UnknownToken { token: 50257, .. }
+        ));
     }
 
     #[test]

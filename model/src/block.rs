@@ -15,6 +15,7 @@
 
 use crate::config::{Config, LlamaNorm, ModelKind};
 use crate::init::Init;
+use crate::layers::KvCache;
 use crate::layers::{self, Dropout, Linear, Norm, NormKind, LAYER_NORM_EPS, TEMPORAL_RMS_EPS};
 use crate::temporal::{TemporalLinear, TemporalNorm, INIT_STD};
 use odeflow_autodiff::{Param, Result, Tape, Var};
@@ -231,16 +232,39 @@ fn rms_norm(weight: Var, bias: Var) -> Norm {
 ///
 /// Shapes: x [B, T, D] -> [B, T, D]
 pub fn field(x: &Var, w: &BlockWeights, n_heads: usize, drop: &mut Dropout) -> Result<Var> {
+    field_with(x, w, n_heads, drop, None)
+}
+
+/// F(x) of one evaluation for the m newest positions of a sequence, the attention reading the
+/// earlier positions' keys and values from `cache` and appending the new ones (`decode.rs`).
+/// No dropout: decoding is evaluation.
+///
+/// Shapes: x [B, m, D] -> [B, m, D]
+pub fn field_cached(x: &Var, w: &BlockWeights, n_heads: usize, cache: &mut KvCache) -> Result<Var> {
+    field_with(x, w, n_heads, &mut Dropout::off(), Some(cache))
+}
+
+/// `field`, its attention over this call's positions alone (`cache` None) or over a cache.
+fn field_with(
+    x: &Var,
+    w: &BlockWeights,
+    n_heads: usize,
+    drop: &mut Dropout,
+    cache: Option<&mut KvCache>,
+) -> Result<Var> {
     let (attn, mlp) = match w {
         BlockWeights::Gpt(w) => {
-            let attn =
-                layers::gpt_attention(&w.ln_a.forward(x)?, &w.c_attn, &w.attn_proj, n_heads)?;
+            let attn = gpt_attention_of(&w.ln_a.forward(x)?, w, n_heads, cache)?;
             let mlp = layers::gpt_mlp(&w.ln_m.forward(x)?, &w.c_fc, &w.mlp_proj)?;
             (attn, mlp)
         }
         BlockWeights::Llama(w) => {
             let n1 = w.norm_attn.forward(x)?;
-            let attn = layers::llama_attention(&n1, [&w.q, &w.k, &w.v, &w.o], n_heads)?;
+            let qkvo = [&w.q, &w.k, &w.v, &w.o];
+            let attn = match cache {
+                None => layers::llama_attention(&n1, qkvo, n_heads)?,
+                Some(cache) => layers::llama_attention_cached(&n1, qkvo, n_heads, cache)?,
+            };
             let mlp_in = match w.form {
                 LlamaNorm::Parallel => w.norm_mlp.forward(x)?,
                 LlamaNorm::Reference => w.norm_mlp.forward(&n1)?,
@@ -260,6 +284,30 @@ pub fn sequential_block(
     n_heads: usize,
     drop: &mut Dropout,
 ) -> Result<Var> {
+    sequential_with(x, w, n_heads, drop, None)
+}
+
+/// The vanilla GPT-2 layer for the m newest positions, its attention over `cache` (see
+/// `field_cached`).
+///
+/// Shapes: x [B, m, D] -> [B, m, D]
+pub fn sequential_block_cached(
+    x: &Var,
+    w: &BlockWeights,
+    n_heads: usize,
+    cache: &mut KvCache,
+) -> Result<Var> {
+    sequential_with(x, w, n_heads, &mut Dropout::off(), Some(cache))
+}
+
+/// `sequential_block`, its attention over this call's positions alone or over a cache.
+fn sequential_with(
+    x: &Var,
+    w: &BlockWeights,
+    n_heads: usize,
+    drop: &mut Dropout,
+    cache: Option<&mut KvCache>,
+) -> Result<Var> {
     let BlockWeights::Gpt(w) = w else {
         let msg = "a vanilla GPT-2 layer takes GPT block weights, got Llama ones".into();
         return Err(odeflow_runtime::Error::InvalidArgument {
@@ -268,10 +316,25 @@ pub fn sequential_block(
         }
         .into());
     };
-    let attn = layers::gpt_attention(&w.ln_a.forward(x)?, &w.c_attn, &w.attn_proj, n_heads)?;
+    let attn = gpt_attention_of(&w.ln_a.forward(x)?, w, n_heads, cache)?;
     let x = x.add(&drop.forward(&attn)?)?;
     let mlp = layers::gpt_mlp(&w.ln_m.forward(&x)?, &w.c_fc, &w.mlp_proj)?;
     x.add(&drop.forward(&mlp)?)
+}
+
+/// The GPT-2 attention branch of `w`, over x's positions alone or over a cache.
+///
+/// Shapes: x [B, T, D] (already normalised) -> [B, T, D]
+fn gpt_attention_of(
+    x: &Var,
+    w: &GptWeights,
+    n_heads: usize,
+    cache: Option<&mut KvCache>,
+) -> Result<Var> {
+    match cache {
+        None => layers::gpt_attention(x, &w.c_attn, &w.attn_proj, n_heads),
+        Some(cache) => layers::gpt_attention_cached(x, &w.c_attn, &w.attn_proj, n_heads, cache),
+    }
 }
 
 /// The hypernetwork-generated modules of an ODE model's one block.

@@ -57,6 +57,11 @@ impl Gpt2 {
         &self.params
     }
 
+    /// The embeddings and the head (a decoder runs them itself, `decode.rs`).
+    pub fn stem(&self) -> &Stem {
+        &self.stem
+    }
+
     /// X_0: the embeddings the layers start from, without dropout.
     ///
     /// Shapes: ids [B, T] (u32) -> [B, T, D]

@@ -139,20 +139,26 @@ fn merge_heads(y: &Var) -> Result<Var> {
     y.permute(&[0, 2, 1, 3])?.reshape(&[b, t, h * hd])
 }
 
+/// The fused projection split as [3, H, hd]: q, k and v, each by head.
+///
+/// Shapes: qkv [B, T, 3D] -> q, k, v [B, H, T, hd]
+fn split_fused_qkv(qkv: &Var, n_heads: usize) -> Result<[Var; 3]> {
+    let d = qkv.shape()[2] / 3;
+    let qkv = qkv.split(&[d, d, d], 2)?;
+    Ok([
+        split_heads(&qkv[0], n_heads)?,
+        split_heads(&qkv[1], n_heads)?,
+        split_heads(&qkv[2], n_heads)?,
+    ])
+}
+
 /// Causal softmax attention of the fused projection: qkv split as [3, H, hd], scores scaled by
 /// 1/sqrt(hd), no attention dropout (MODEL.md section 5).
 ///
 /// Shapes: qkv [B, T, 3D] -> [B, T, D]
 pub fn fused_qkv_attention(qkv: &Var, n_heads: usize) -> Result<Var> {
-    let d = qkv.shape()[2] / 3;
-    let qkv = qkv.split(&[d, d, d], 2)?;
-    let (q, k, v) = (&qkv[0], &qkv[1], &qkv[2]);
-    let y = Var::attention(
-        &split_heads(q, n_heads)?,
-        &split_heads(k, n_heads)?,
-        &split_heads(v, n_heads)?,
-    )?;
-    merge_heads(&y)
+    let [q, k, v] = split_fused_qkv(qkv, n_heads)?;
+    merge_heads(&Var::attention(&q, &k, &v)?)
 }
 
 /// The GPT-2 attention branch: c_proj(attn(c_attn(x))).
@@ -175,13 +181,21 @@ pub fn gpt_mlp(x: &Var, c_fc: &Linear, c_proj: &Linear) -> Result<Var> {
 ///
 /// Shapes: -> cos, sin [T, hd]
 pub fn rope_tables(t: usize, hd: usize) -> (Tensor, Tensor) {
+    rope_tables_from(0, t, hd)
+}
+
+/// The rotary tables of positions start..start + T: the rows of `rope_tables` a decoder needs
+/// for new positions after `start` cached ones.
+///
+/// Shapes: -> cos, sin [T, hd]
+pub fn rope_tables_from(start: usize, t: usize, hd: usize) -> (Tensor, Tensor) {
     let half = hd / 2;
     let angle = |pos: usize, j: usize| {
         let k = j % half;
         pos as f64 * ROPE_BASE.powf(-2.0 * k as f64 / hd as f64)
     };
     let table = |f: fn(f64) -> f64| {
-        let v: Vec<f32> = (0..t)
+        let v: Vec<f32> = (start..start + t)
             .flat_map(|pos| (0..hd).map(move |j| f(angle(pos, j)) as f32))
             .collect();
         Tensor::from_f32(v, &[t, hd], DType::F32).expect("sizes agree")
@@ -204,15 +218,144 @@ pub fn rope(x: &Var, cos: &Var, sin: &Var) -> Result<Var> {
 /// Shapes: x [B, T, D] (already normalised) -> [B, T, D]
 pub fn llama_attention(x: &Var, qkvo: [&Linear; 4], n_heads: usize) -> Result<Var> {
     let [q, k, v, o] = qkvo;
+    let [q, k, v] = llama_qkv(x, [q, k, v], n_heads, 0)?;
+    o.forward(&merge_heads(&Var::attention(&q, &k, &v)?)?)
+}
+
+/// The Llama branch's q, k (both rotated) and v of positions start..start + T.
+///
+/// Shapes: x [B, T, D] -> q, k, v [B, H, T, hd]
+fn llama_qkv(x: &Var, qkv: [&Linear; 3], n_heads: usize, start: usize) -> Result<[Var; 3]> {
+    let [q, k, v] = qkv;
     let (t, hd) = (x.shape()[1], x.shape()[2] / n_heads);
-    let (cos, sin) = rope_tables(t, hd);
+    let (cos, sin) = rope_tables_from(start, t, hd);
     let device = x.value().device();
     let (cos, sin) = (cos.to_device(device)?, sin.to_device(device)?);
     let (cos, sin) = (x.tape().constant_cast(cos)?, x.tape().constant_cast(sin)?);
     let q = rope(&split_heads(&q.forward(x)?, n_heads)?, &cos, &sin)?;
     let k = rope(&split_heads(&k.forward(x)?, n_heads)?, &cos, &sin)?;
     let v = split_heads(&v.forward(x)?, n_heads)?;
-    o.forward(&merge_heads(&Var::attention(&q, &k, &v)?)?)
+    Ok([q, k, v])
+}
+
+/// The keys and values of every position one attention evaluation has seen, so that a decoder
+/// computes only the new positions' (`decode.rs`; `docs/12-generation.md`). Each new position's
+/// query attends over the cached keys and its own; the earlier positions are never recomputed.
+///
+/// The entries are plain tensors, not tape ops: decoding runs with recording off, and a cache
+/// built from recorded ops would keep the whole history alive for a backward nobody runs.
+/// Appending copies the cache (a `cat`): n hd numbers per head for a cache of n positions, the
+/// same order as the attention's own reads of it.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// k, v [B, H, n, hd] (k already rotated, for the Llama branch)
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// n: the positions held.
+    pub fn len(&self) -> usize {
+        self.kv.as_ref().map_or(0, |(k, _)| k.shape()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets every position (a decoder starting a new window).
+    pub fn clear(&mut self) {
+        self.kv = None;
+    }
+
+    /// Appends the new positions' keys and values, and returns those of every position so far.
+    ///
+    /// Shapes: k, v [B, H, m, hd] -> k, v [B, H, n + m, hd]
+    fn append(&mut self, k: &Var, v: &Var) -> Result<(Var, Var)> {
+        let tape = k.tape();
+        let (k, v) = match self.kv.take() {
+            // a copy of its own: the views of a fused projection would keep all of it alive
+            None => (k.value().contiguous()?, v.value().contiguous()?),
+            Some((old_k, old_v)) => (
+                Tensor::cat(&[old_k, k.value().clone()], 2)?,
+                Tensor::cat(&[old_v, v.value().clone()], 2)?,
+            ),
+        };
+        self.kv = Some((k.clone(), v.clone()));
+        Ok((tape.constant(k), tape.constant(v)))
+    }
+}
+
+/// Causal attention of the m newest positions over all n of a cache (their own included): the
+/// query of new position i (0-based among the m) sits at position n - m + i, and sees the keys
+/// up to it. With nothing cached before (m = n) it is `Var::attention` itself, the op of the
+/// full forward; otherwise the scores are formed whole, [m, n] per head, which is small for the
+/// one position of a decoding step.
+///
+/// Shapes: q [B, H, m, hd], k, v [B, H, n, hd] (m <= n) -> [B, H, m, hd]
+pub fn attention_over_cache(q: &Var, k: &Var, v: &Var) -> Result<Var> {
+    let (m, n, hd) = (q.shape()[2], k.shape()[2], q.shape()[3]);
+    if m == n {
+        return Var::attention(q, k, v);
+    }
+    let scores = q.matmul(&k.t()?)?.scale(1.0 / (hd as f32).sqrt())?; // [B, H, m, n]
+    let scores = if m == 1 {
+        scores // the newest position sees every key: nothing to mask
+    } else {
+        scores.add(&offset_causal_mask(q, m, n)?)?
+    };
+    scores.softmax()?.matmul(v)
+}
+
+/// 0 where new position i may see key j (j <= n - m + i), -inf after: the causal mask of m
+/// queries that follow n - m cached positions. Key 0 is never hidden, so no row is all -inf.
+///
+/// Shapes: -> [m, n] (a constant on q's tape and device)
+fn offset_causal_mask(q: &Var, m: usize, n: usize) -> Result<Var> {
+    let mut mask = vec![0.0f32; m * n];
+    for (i, row) in mask.chunks_mut(n).enumerate() {
+        // new position i sits at n - m + i: the keys after it are hidden
+        row[n - m + i + 1..].fill(f32::NEG_INFINITY);
+    }
+    let mask = Tensor::from_vec(mask, &[m, n])?.to_device(q.value().device())?;
+    q.tape().constant_cast(mask)
+}
+
+/// `gpt_attention` for the m newest positions of a sequence whose earlier positions' keys and
+/// values are in `cache`; appends the new ones to it. The same projections and split as the full
+/// branch, so the two differ only in the order of the attention's additions.
+///
+/// Shapes: x [B, m, D] (already normalised) -> [B, m, D]; cache [B, H, n, hd] -> [B, H, n + m, hd]
+pub fn gpt_attention_cached(
+    x: &Var,
+    c_attn: &Linear,
+    c_proj: &Linear,
+    n_heads: usize,
+    cache: &mut KvCache,
+) -> Result<Var> {
+    let [q, k, v] = split_fused_qkv(&c_attn.forward(x)?, n_heads)?;
+    let (k, v) = cache.append(&k, &v)?;
+    c_proj.forward(&merge_heads(&attention_over_cache(&q, &k, &v)?)?)
+}
+
+/// `llama_attention` for the m newest positions, with the earlier positions' keys (already
+/// rotated) and values in `cache`: the new positions are rotated by their own positions,
+/// n..n + m, so a cached key never needs rotating again.
+///
+/// Shapes: x [B, m, D] (already normalised) -> [B, m, D]; cache [B, H, n, hd] -> [B, H, n + m, hd]
+pub fn llama_attention_cached(
+    x: &Var,
+    qkvo: [&Linear; 4],
+    n_heads: usize,
+    cache: &mut KvCache,
+) -> Result<Var> {
+    let [q, k, v, o] = qkvo;
+    let [q, k, v] = llama_qkv(x, [q, k, v], n_heads, cache.len())?;
+    let (k, v) = cache.append(&k, &v)?;
+    o.forward(&merge_heads(&attention_over_cache(&q, &k, &v)?)?)
 }
 
 /// The SwiGLU MLP: down(silu(gate x) * up x).

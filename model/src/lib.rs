@@ -16,6 +16,7 @@
 //! | 9 | AdamW, clipping, weight-decay masks, warmup + cosine | `optim.rs` |
 //! | 10 | re-discretisation (`to_discrete`) | `ode.rs`, `discrete.rs` |
 //! | - | safetensors checkpoints (the file format: `docs/checkpoint.md`) | `checkpoint.rs` |
+//! | - | text generation; the KV cache, per solver step and stage | `sample.rs`, `decode.rs` |
 //! | 11 | spectra of the weights, token sensitivity by Lyapunov exponents | `analysis/` |
 //!
 //! `Model` (in `model.rs`) wraps every kind for the binaries; `checkpoint` reads and writes
@@ -25,6 +26,7 @@ pub mod analysis;
 pub mod block;
 pub mod checkpoint;
 pub mod config;
+pub mod decode;
 pub mod discrete;
 mod error;
 pub mod gpt2;

@@ -6,6 +6,7 @@ use crate::discrete::Discrete;
 use crate::gpt2::Gpt2;
 use crate::ode::NeuralOde;
 use crate::solver::{GradMode, Solver};
+use crate::stem::Stem;
 use crate::{Error, Result};
 use odeflow_autodiff::{Param, Tape, Var};
 use odeflow_runtime::{DType, Device, Rng, Tensor};
@@ -76,6 +77,15 @@ impl Model {
             Model::Ode(m) => m.config(),
             Model::Discrete(m) => m.config(),
             Model::Gpt2(m) => m.config(),
+        }
+    }
+
+    /// The embeddings and the head around the layers.
+    pub fn stem(&self) -> &Stem {
+        match self {
+            Model::Ode(m) => m.stem(),
+            Model::Discrete(m) => m.stem(),
+            Model::Gpt2(m) => m.stem(),
         }
     }
 

@@ -78,6 +78,11 @@ impl NeuralOde {
         self.stem.logits(tape, &x1)
     }
 
+    /// The embeddings and the head (a decoder runs them itself, `decode.rs`).
+    pub fn stem(&self) -> &Stem {
+        &self.stem
+    }
+
     /// X_0: the embeddings the solve starts from, without dropout.
     ///
     /// Shapes: ids [B, T] (u32) -> [B, T, D]

@@ -83,12 +83,19 @@ impl Stem {
     ///
     /// Shapes: ids [B, T] (u32) -> [B, T, D]
     pub fn embed(&self, tape: &Tape, ids: &Tensor, seed: Option<u64>) -> Result<Var> {
+        Dropout::new(self.dropout, seed).forward(&self.embed_from(tape, ids, 0)?)
+    }
+
+    /// X_0 of tokens that sit at positions start..start + T, without dropout: what a decoder
+    /// needs for the tokens after `start` cached ones (start + T <= seq_len).
+    ///
+    /// Shapes: ids [B, T] (u32) -> [B, T, D]
+    pub fn embed_from(&self, tape: &Tape, ids: &Tensor, start: usize) -> Result<Var> {
         let x = tape.param_cast(&self.wte)?.embedding(ids)?;
-        let x = match &self.wpe {
-            Some(wpe) => x.add(&tape.param_cast(wpe)?.narrow(0, 0, ids.shape()[1])?)?,
-            None => x,
-        };
-        Dropout::new(self.dropout, seed).forward(&x)
+        match &self.wpe {
+            Some(wpe) => x.add(&tape.param_cast(wpe)?.narrow(0, start, ids.shape()[1])?),
+            None => Ok(x),
+        }
     }
 
     /// Shapes: x [B, T, D] -> logits [B, T, V]

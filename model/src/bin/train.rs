@@ -23,27 +23,22 @@
 //! and, from there on, reproduces the uninterrupted run bit for bit.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
 
 use clap::Parser;
-use indicatif::{ProgressBar, ProgressStyle};
-use odeflow_data::{ensure_shards, PrepareConfig, ShardSet, Tokenizer};
+use odeflow_data::Tokenizer;
 use odeflow_model::optim::OptimConfig;
-use odeflow_model::plot::{plot_curves, Curve};
 use odeflow_model::sample::{generate, SampleOptions};
-use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord};
+use odeflow_model::train::{self, MetricsLog};
 use odeflow_model::train::{Precision, TrainOptions, Trainer};
-use odeflow_model::{checkpoint, Config, GradMode, Model, ModelKind, Solver};
+use odeflow_model::{checkpoint, Config, Forward, GradMode, Model, ModelKind, Solver};
 use odeflow_runtime::Device;
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+#[path = "shared/run.rs"]
+mod run;
 
-const BAR_TEMPLATE: &str = "{elapsed_precise} [{bar:40.cyan/blue}] {pos}/{len} steps (eta {eta})";
+use run::{Ending, Result, RunFiles};
 
 /// Train a neural ODE transformer (or its Llama variant, or a vanilla GPT-2) on a text corpus.
 ///
@@ -190,27 +185,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The run's files in --out-dir.
-struct RunFiles {
-    dir: PathBuf,
-    checkpoint: PathBuf,
-    metrics: PathBuf,
-    plot: PathBuf,
-    config: PathBuf,
-}
-
-impl RunFiles {
-    fn new(dir: &Path) -> RunFiles {
-        RunFiles {
-            dir: dir.to_path_buf(),
-            checkpoint: dir.join("checkpoint.safetensors"),
-            metrics: dir.join("metrics.jsonl"),
-            plot: dir.join("loss.png"),
-            config: dir.join("config.toml"),
-        }
-    }
-}
-
 fn run(args: &Args) -> Result<ExitCode> {
     odeflow_runtime::memory::keep_freed_memory();
     odeflow_runtime::cpu::join_thread_pool();
@@ -239,14 +213,14 @@ fn run(args: &Args) -> Result<ExitCode> {
         }
         (cfg, options)
     };
-    preflight(&files, &cfg)?;
+    run::preflight(&files, &cfg)?;
 
     // data, prepared on the first run
     let data_dir = args
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from("data/shards").join(args.tokenizer.name()));
-    let shards = shards(args, &data_dir)?;
+    let shards = run::shards(&args.corpus, args.tokenizer, &data_dir)?;
     if cfg.vocab_size < args.tokenizer.vocab_size() as usize {
         return Err(format!(
             "the model's vocabulary ({}) is smaller than the {} tokeniser's ({})",
@@ -293,81 +267,14 @@ fn run(args: &Args) -> Result<ExitCode> {
         out_dir.display()
     );
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))?;
-    }
-    let bar = ProgressBar::new(options.steps as u64);
-    bar.set_style(ProgressStyle::with_template(BAR_TEMPLATE).expect("a valid template"));
-    bar.set_position(trainer.steps_done() as u64);
-    let say = |line: String| {
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
+    let eval = match run::train_to_end(&mut trainer, &mut val, &mut log, &files)? {
+        Ending::Done(eval) => eval,
+        Ending::Interrupted => return Ok(ExitCode::from(130)),
     };
-
-    while !trainer.is_done() {
-        if interrupted.load(Ordering::SeqCst) {
-            bar.abandon();
-            trainer.save(&files.checkpoint)?;
-            println!(
-                "interrupted: checkpoint of step {} written to {}; continue with --resume",
-                trainer.steps_done(),
-                files.checkpoint.display()
-            );
-            return Ok(ExitCode::from(130));
-        }
-        let record = match trainer.step() {
-            Ok(record) => record,
-            Err(err) => {
-                bar.abandon();
-                let kept = match checkpoint::read(&files.checkpoint) {
-                    Ok(c) => match train::run_state(&files.checkpoint, &c.metadata) {
-                        Ok(state) => format!("step {}", state.step),
-                        Err(_) => "unreadable".into(),
-                    },
-                    Err(_) => "none written yet".into(),
-                };
-                return Err(format!(
-                    "{err}\nthe last checkpoint ({kept}) is untouched: {}",
-                    files.checkpoint.display()
-                )
-                .into());
-            }
-        };
-        say(step_line(&record, options.steps, cfg.model.is_ode()));
-        log.append(&Record::Train(record))?;
-        bar.set_position(trainer.steps_done() as u64);
-        let step = trainer.steps_done();
-        if options.eval_every > 0 && step % options.eval_every == 0 && !trainer.is_done() {
-            let eval = trainer.evaluate(&mut val, options.eval_batches)?;
-            say(eval_line(&eval, "val"));
-            log.append(&Record::Val(eval))?;
-        }
-        if options.checkpoint_every > 0 && step % options.checkpoint_every == 0 {
-            let start = Instant::now();
-            trainer.save(&files.checkpoint)?;
-            say(format!(
-                "checkpoint step {step} -> {} ({:.0} ms)",
-                files.checkpoint.display(),
-                start.elapsed().as_secs_f64() * 1e3
-            ));
-        }
-    }
-    bar.finish_and_clear();
-
-    // the end: a larger validation pass, a checkpoint, the plot, a sample
-    let eval = trainer.evaluate(&mut val, options.final_eval_batches)?;
-    println!("{}", eval_line(&eval, "final val"));
-    log.append(&Record::Val(eval.clone()))?;
-    trainer.save(&files.checkpoint)?;
-    plot(&files)?;
     if args.sample_tokens > 0 {
         print_sample(
             trainer.model(),
+            options.solver,
             args.tokenizer,
             args.sample_tokens,
             options.seed,
@@ -535,119 +442,30 @@ fn saved_settings(args: &Args, path: &Path) -> Result<(Config, TrainOptions)> {
     Ok((cfg, options))
 }
 
-/// Fails now, not after an hour of training, if the run's files cannot be written: creates the
-/// folder and writes (then removes) a file as big as one checkpoint.
-fn preflight(files: &RunFiles, cfg: &Config) -> Result<()> {
-    let fail = |what: &str, e: std::io::Error| -> Box<dyn std::error::Error> {
-        format!(
-            "cannot {what} in the output folder {}: {e}; choose another with --out-dir",
-            files.dir.display()
-        )
-        .into()
-    };
-    fs::create_dir_all(&files.dir).map_err(|e| fail("create it", e))?;
-    // parameters and two moments in f32, and room for the metadata
-    let bytes = cfg.param_count() * 4 * 3 + (1 << 20);
-    let probe = files.dir.join(".write-probe");
-    let written = (|| {
-        let mut f = fs::File::create(&probe)?;
-        let chunk = vec![0u8; 1 << 20];
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            f.write_all(&chunk[..n])?;
-            left -= n;
-        }
-        f.sync_all()
-    })();
-    let _ = fs::remove_file(&probe);
-    written.map_err(|e| fail(&format!("write a checkpoint-sized file ({bytes} bytes)"), e))
-}
-
-/// The corpus's shards, tokenised now if this is the first run.
-fn shards(args: &Args, dir: &Path) -> Result<ShardSet> {
-    if let Some(set) = ShardSet::find(dir, args.tokenizer)? {
-        return Ok(set);
-    }
-    println!(
-        "preparing {} shards of {} in {} (first run only)",
-        args.tokenizer,
-        args.corpus
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        dir.display()
-    );
-    let start = Instant::now();
-    let set = ensure_shards(&args.corpus, dir, &PrepareConfig::new(args.tokenizer))?;
-    println!(
-        "prepared {} train and {} val shard(s) in {:.2} s",
-        set.train.len(),
-        set.val.len(),
-        start.elapsed().as_secs_f64()
-    );
-    Ok(set)
-}
-
-fn step_line(r: &StepRecord, steps: usize, ode: bool) -> String {
-    let nfe = if ode {
-        format!(" | nfe {}", r.nfe)
-    } else {
-        String::new()
-    };
-    format!(
-        "step {:>5}/{steps} | loss {:.4} | lr {:.2e} | {:.1} ms | {:.0} tok/s{nfe}",
-        r.step, r.loss, r.lr, r.ms, r.tokens_per_s
-    )
-}
-
-fn eval_line(e: &EvalRecord, what: &str) -> String {
-    format!(
-        "{what} at step {}: loss {:.4} | perplexity {:.2} | {} tokens in {:.1} s",
-        e.step, e.loss, e.perplexity, e.tokens, e.seconds
-    )
-}
-
-/// loss.png from everything in metrics.jsonl (this run and the parts before any resume).
-fn plot(files: &RunFiles) -> Result<()> {
-    let records = metrics::read(&files.metrics)?;
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for r in &records {
-        match r {
-            Record::Train(s) => train.push((s.step as f64, s.loss)),
-            Record::Val(e) => val.push((e.step as f64, e.loss)),
-        }
-    }
-    let curves = [
-        Curve {
-            label: "train",
-            points: &train,
-        },
-        Curve {
-            label: "val",
-            points: &val,
-        },
-    ];
-    let title = format!("{}: loss", files.dir.display());
-    plot_curves(&files.plot, &title, "step", "loss (nats/token)", &curves)?;
-    println!("plot -> {}", files.plot.display());
-    Ok(())
-}
-
-/// A short sample from the trained model, prompted with a newline.
-fn print_sample(model: &Model, tokenizer: Tokenizer, n: usize, seed: u64) -> Result<()> {
+/// A short sample from the trained model, prompted with a newline: the `sample` binary's code
+/// (the KV-cache decoder, stopping at end-of-text), with the solver the run trains with.
+fn print_sample(
+    model: &Model,
+    solver: Solver,
+    tokenizer: Tokenizer,
+    n: usize,
+    seed: u64,
+) -> Result<()> {
     let prompt = tokenizer.encode("\n")?;
     let opts = SampleOptions {
         temperature: 0.8,
-        top_k: 0,
         seed,
+        max_new_tokens: n,
+        stop_token: Some(tokenizer.eot_token()),
+        ..SampleOptions::default()
     };
-    let tokens = generate(model, &prompt, n, &opts)?;
-    let text = tokenizer.decode(&tokens).unwrap_or_else(|_| {
-        // a byte model may stop inside a multi-byte character
-        String::from_utf8_lossy(&tokens.iter().map(|&t| t as u8).collect::<Vec<_>>()).into()
-    });
+    let fwd = Forward {
+        solver,
+        ..Forward::eval()
+    };
+    let tokens = generate(model, &fwd, &prompt, &opts)?;
+    // lossy: a byte model may stop inside a multi-byte character
+    let text = tokenizer.decode(&tokens)?;
     println!("sample (temperature 0.8):\n---{text}\n---");
     Ok(())
 }
