@@ -12,7 +12,7 @@
 use crate::{Error, Result};
 use odeflow_runtime::ops::hypernet;
 use odeflow_runtime::Tensor;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::rc::Rc;
 
@@ -26,6 +26,7 @@ struct ParamInner {
     name: String,
     value: RefCell<Tensor>,
     grad: RefCell<Option<Tensor>>,
+    frozen: Cell<bool>,
 }
 
 impl Param {
@@ -34,6 +35,7 @@ impl Param {
             name: name.into(),
             value: RefCell::new(value),
             grad: RefCell::new(None),
+            frozen: Cell::new(false),
         };
         Param {
             inner: Rc::new(inner),
@@ -74,6 +76,17 @@ impl Param {
     /// Forgets the accumulated gradient (and frees its buffer).
     pub fn zero_grad(&self) {
         *self.inner.grad.borrow_mut() = None;
+    }
+
+    /// Freezes the parameter (or thaws it): a frozen parameter is lifted onto a tape as a
+    /// constant (`Tape::param`), so no backward pass computes its gradient, and an optimiser
+    /// leaves it as it is. Fine-tuning with LoRA freezes the base weights this way.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.inner.frozen.set(frozen);
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.inner.frozen.get()
     }
 
     /// Whether two handles are the same parameter.

@@ -115,8 +115,12 @@ impl Tape {
         self.push_leaf(Op::Leaf, value)
     }
 
-    /// A parameter's current value, recorded so that backward adds into its gradient buffer.
+    /// A parameter's current value, recorded so that backward adds into its gradient buffer;
+    /// a frozen one (`Param::set_frozen`) is a constant instead, and gets no gradient.
     pub fn param(&self, param: &Param) -> Var {
+        if param.is_frozen() {
+            return self.constant(param.value());
+        }
         self.push_leaf(Op::Param(param.clone()), param.value())
     }
 

@@ -313,3 +313,34 @@ fn the_coefficients_of_a_fused_generation_still_get_their_gradient() {
     assert_eq!(vals(grads.get(&h).unwrap()), vec![4.5, -3.0, -2.5, -2.0]);
     assert!(f.grad().is_some());
 }
+
+#[test]
+fn a_frozen_parameter_is_a_constant_and_gets_no_gradient() {
+    // L = sum(w * v): dL/dv = w still flows, dL/dw is never computed
+    let (w, v) = (
+        Param::new("w", t(&[2.0, 3.0])),
+        Param::new("v", t(&[5.0, 7.0])),
+    );
+    w.set_frozen(true);
+    let tape = Tape::new();
+    let loss = tape
+        .param(&w)
+        .mul(&tape.param(&v))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    tape.backward(&loss).unwrap();
+    assert!(w.grad().is_none());
+    assert_eq!(vals(&v.grad().unwrap()), vec![2.0, 3.0]);
+    // thawed, it takes part again
+    w.set_frozen(false);
+    let tape = Tape::new();
+    let loss = tape
+        .param(&w)
+        .mul(&tape.param(&v))
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    tape.backward(&loss).unwrap();
+    assert_eq!(vals(&w.grad().unwrap()), vec![5.0, 7.0]);
+}

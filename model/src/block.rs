@@ -17,6 +17,7 @@ use crate::config::{Config, LlamaNorm, ModelKind};
 use crate::init::Init;
 use crate::layers::KvCache;
 use crate::layers::{self, Dropout, Linear, Norm, NormKind, LAYER_NORM_EPS, TEMPORAL_RMS_EPS};
+use crate::lora::{self, LoraConfig, LoraPair};
 use crate::temporal::{TemporalLinear, TemporalNorm, INIT_STD};
 use odeflow_autodiff::{Param, Result, Tape, Var};
 
@@ -484,10 +485,12 @@ impl TemporalBlock {
 }
 
 /// One ordinary layer's parameters, one per slot of its `BlockKind` (re-discretised layers and
-/// GPT-2 layers).
+/// GPT-2 layers), and the LoRA factors of the slots a fine-tune targets (`lora.rs`).
 pub struct FixedBlock {
     kind: BlockKind,
     params: Vec<Param>,
+    /// Per slot: its LoRA factors, or `None` (all `None` without LoRA).
+    lora: Vec<Option<LoraPair>>,
 }
 
 impl FixedBlock {
@@ -523,7 +526,12 @@ impl FixedBlock {
                 }
             })
             .collect();
-        FixedBlock { kind, params }
+        FixedBlock::plain(kind, params)
+    }
+
+    fn plain(kind: BlockKind, params: Vec<Param>) -> FixedBlock {
+        let lora = params.iter().map(|_| None).collect();
+        FixedBlock { kind, params, lora }
     }
 
     /// A layer holding the given values (a re-discretised step), under `{prefix}.{slot}`.
@@ -539,14 +547,49 @@ impl FixedBlock {
             .zip(values)
             .map(|(slot, v)| init.value(&format!("{prefix}.{slot}"), v))
             .collect();
-        FixedBlock { kind, params }
+        FixedBlock::plain(kind, params)
     }
 
-    /// The layer's parameters lifted onto `tape`, as the weights of one evaluation.
+    /// The layer's parameters lifted onto `tape`, as the weights of one evaluation; a slot with
+    /// LoRA factors gives W + s A B.
     pub fn lift(&self, tape: &Tape) -> Result<BlockWeights> {
-        let vars = self.params.iter().map(|p| tape.param_cast(p));
+        let vars = self.params.iter().zip(&self.lora).map(|(p, lora)| {
+            let w = tape.param_cast(p)?;
+            match lora {
+                Some(lora) => lora.apply(tape, &w),
+                None => Ok(w),
+            }
+        });
         let vars: Vec<Var> = vars.collect::<Result<_>>()?;
         Ok(BlockWeights::from_vars(self.kind, &vars))
+    }
+
+    /// Gives the slots `cfg` targets their LoRA factors (drawn from `init`, which names them
+    /// after their weight). The caller freezes the base (`lora::freeze_base`).
+    pub fn add_lora(&mut self, init: &mut Init, cfg: &LoraConfig) {
+        for (p, lora) in self.params.iter().zip(&mut self.lora) {
+            let slot = p.name().strip_suffix(".weight").and_then(|n| {
+                let slots = lora::linear_slots(self.kind);
+                slots.iter().copied().find(|s| n.ends_with(&format!(".{s}")))
+            });
+            if let Some(slot) = slot.filter(|s| cfg.targets_slot(self.kind, s)) {
+                debug_assert!(lora.is_none(), "{slot} has LoRA factors already");
+                *lora = Some(LoraPair::new(init, p, cfg));
+            }
+        }
+    }
+
+    /// The layer with its LoRA factors merged into its weights (W + s A B), under the same
+    /// names, as ordinary parameters of `init`.
+    pub fn merged(&self, init: &mut Init) -> Result<FixedBlock> {
+        let params = self.params.iter().zip(&self.lora).map(|(p, lora)| {
+            let value = match lora {
+                Some(lora) => lora.merge(&p.value())?,
+                None => p.value(),
+            };
+            Ok(init.value(p.name(), value))
+        });
+        Ok(FixedBlock::plain(self.kind, params.collect::<Result<_>>()?))
     }
 }
 

@@ -20,6 +20,8 @@
 //! w0_init_std = 0.02        # std of W0 at init (0: the reference's; see the field's doc)
 //! ```
 
+use crate::block::BlockKind;
+use crate::lora::LoraConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -114,6 +116,10 @@ pub struct Config {
     /// An ODE model re-discretised into `n_steps` ordinary layers (`to_discrete`): set by the
     /// converter, not by hand.
     pub discrete: bool,
+    /// LoRA factors on the layers' linear maps, the base frozen (`lora.rs`): a discrete or GPT-2
+    /// model being fine-tuned. Absent from older configs: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl Default for Config {
@@ -145,6 +151,7 @@ impl Config {
             llama_norm: LlamaNorm::Parallel,
             w0_init_std: 0.02,
             discrete: false,
+            lora: None,
         }
     }
 
@@ -253,6 +260,14 @@ impl Config {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout must be in [0, 1), got {}", self.dropout));
         }
+        if let Some(lora) = &self.lora {
+            if self.model.is_ode() && !self.discrete {
+                let msg = "LoRA fine-tunes ordinary layers: convert an ODE model to a discrete one \
+                           first (to_discrete)";
+                return bad(msg.into());
+            }
+            lora.validate(BlockKind::of(self))?;
+        }
         Ok(())
     }
 }
@@ -284,7 +299,7 @@ impl Config {
         let (v, d, f) = (self.vocab_size, self.d_model, self.ff_width());
         let head = if self.tie_embeddings { 0 } else { d * v };
         if self.discrete {
-            return self.discrete_param_count() + head;
+            return self.discrete_param_count() + head + self.lora_param_count();
         }
         match self.model {
             ModelKind::NeuralOde => {
@@ -306,9 +321,44 @@ impl Config {
                 let linear = |i: usize, o: usize| i * o + o;
                 let layer =
                     2 * (2 * d) + linear(d, 3 * d) + linear(d, d) + linear(d, f) + linear(f, d);
-                v * d + self.seq_len * d + self.n_steps * layer + 2 * d + head
+                v * d
+                    + self.seq_len * d
+                    + self.n_steps * layer
+                    + 2 * d
+                    + head
+                    + self.lora_param_count()
             }
         }
+    }
+
+    /// The LoRA factors' numbers: r (d_in + d_out) per targeted map and layer (0 without LoRA).
+    pub fn lora_param_count(&self) -> usize {
+        let Some(lora) = &self.lora else { return 0 };
+        let (d, f) = (self.d_model, self.ff_width());
+        let kind = BlockKind::of(self);
+        let shapes: &[(&str, usize, usize)] = match kind {
+            BlockKind::Gpt => &[
+                ("attn.c_attn", d, 3 * d),
+                ("attn.c_proj", d, d),
+                ("mlp.c_fc", d, f),
+                ("mlp.c_proj", f, d),
+            ],
+            BlockKind::Llama(_) => &[
+                ("attn.q", d, d),
+                ("attn.k", d, d),
+                ("attn.v", d, d),
+                ("attn.o", d, d),
+                ("mlp.gate", d, f),
+                ("mlp.up", d, f),
+                ("mlp.down", f, d),
+            ],
+        };
+        let per_layer: usize = shapes
+            .iter()
+            .filter(|(slot, _, _)| lora.targets_slot(kind, slot))
+            .map(|&(_, i, o)| crate::lora::pair_count(lora.rank, i, o))
+            .sum();
+        self.n_steps * per_layer
     }
 
     /// A re-discretised model: its stem plus n_steps ordinary parallel layers.

@@ -5,6 +5,7 @@
 use crate::block::{BlockKind, BlockWeights, FixedBlock};
 use crate::config::Config;
 use crate::init::Init;
+use crate::lora::{self, LoraConfig};
 use crate::model::{dropout_seeds, Forward};
 use crate::ode::field_fn;
 use crate::solver::{Field, Solver};
@@ -41,7 +42,45 @@ impl Discrete {
                 )
             })
             .collect();
-        Discrete::from_parts(cfg.clone(), init.finish(), stem, layers)
+        let discrete = Discrete::from_parts(cfg.clone(), init.finish(), stem, layers);
+        match &cfg.lora {
+            Some(lora) => discrete.with_lora(lora, seed),
+            None => discrete,
+        }
+    }
+
+    /// This model with LoRA factors on its layers' linear maps and its base frozen
+    /// (`lora.rs`); its config records `lora`, so a checkpoint rebuilds the same model.
+    pub fn with_lora(self, lora: &LoraConfig, seed: u64) -> Discrete {
+        let Discrete {
+            cfg,
+            mut params,
+            stem,
+            layers,
+        } = self;
+        // only a running forward pass shares the layers (its solver's weight generator)
+        let mut layers = Rc::try_unwrap(layers).unwrap_or_else(|_| unreachable!("layers shared"));
+        let factors = lora::attach(&mut layers, &params, lora, seed);
+        params.extend(factors);
+        let cfg = Config {
+            lora: Some(lora.clone()),
+            ..cfg
+        };
+        Discrete::from_parts(cfg, params, stem, layers)
+    }
+
+    /// The model with its LoRA factors merged into the weights (W + s A B): an ordinary
+    /// discrete model with the same outputs, every parameter trainable.
+    pub fn merge_lora(&self) -> Result<Discrete> {
+        let mut init = Init::new(0);
+        let stem = self.stem.copy_into(&mut init);
+        let layers = self.layers.iter().map(|layer| layer.merged(&mut init));
+        let layers = layers.collect::<Result<Vec<_>>>()?;
+        let cfg = Config {
+            lora: None,
+            ..self.cfg.clone()
+        };
+        Ok(Discrete::from_parts(cfg, init.finish(), stem, layers))
     }
 
     pub(crate) fn from_parts(

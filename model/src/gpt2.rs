@@ -7,6 +7,7 @@ use crate::block::{self, BlockKind, BlockWeights, FixedBlock, GPT2_SEQUENTIAL_SL
 use crate::config::Config;
 use crate::init::Init;
 use crate::layers::Dropout;
+use crate::lora::{self, LoraConfig};
 use crate::model::{dropout_seeds, Forward};
 use crate::solver::{run_step, GradMode};
 use crate::stem::Stem;
@@ -41,12 +42,42 @@ impl Gpt2 {
                 )
             })
             .collect();
-        Gpt2 {
+        let gpt2 = Gpt2 {
             cfg: cfg.clone(),
             params: init.finish(),
             stem,
             layers,
+        };
+        match &cfg.lora {
+            Some(lora) => gpt2.with_lora(lora, seed),
+            None => gpt2,
         }
+    }
+
+    /// This model with LoRA factors on its layers' linear maps and its base frozen
+    /// (`lora.rs`); its config records `lora`, so a checkpoint rebuilds the same model.
+    pub fn with_lora(mut self, lora: &LoraConfig, seed: u64) -> Gpt2 {
+        let factors = lora::attach(&mut self.layers, &self.params, lora, seed);
+        self.params.extend(factors);
+        self.cfg.lora = Some(lora.clone());
+        self
+    }
+
+    /// The model with its LoRA factors merged into the weights (W + s A B): an ordinary GPT-2
+    /// with the same outputs, every parameter trainable.
+    pub fn merge_lora(&self) -> Result<Gpt2> {
+        let mut init = Init::new(0);
+        let stem = self.stem.copy_into(&mut init);
+        let layers = self.layers.iter().map(|layer| layer.merged(&mut init));
+        let layers = layers.collect::<Result<Vec<_>>>()?;
+        let mut cfg = self.cfg.clone();
+        cfg.lora = None;
+        Ok(Gpt2 {
+            cfg,
+            params: init.finish(),
+            stem,
+            layers,
+        })
     }
 
     pub fn config(&self) -> &Config {

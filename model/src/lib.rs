@@ -15,6 +15,7 @@
 //! | 8 | configurations and parameter counts | `config.rs` |
 //! | 9 | AdamW, clipping, weight-decay masks, warmup + cosine | `optim.rs` |
 //! | 10 | re-discretisation (`to_discrete`) | `ode.rs`, `discrete.rs` |
+//! | 10 | LoRA: W + (alpha / r) A B, frozen base, merging | `lora.rs`, `block.rs` |
 //! | - | safetensors checkpoints (the file format: `docs/checkpoint.md`) | `checkpoint.rs` |
 //! | - | text generation; the KV cache, per solver step and stage | `sample.rs`, `decode.rs` |
 //! | 11 | spectra of the weights, token sensitivity by Lyapunov exponents | `analysis/` |
@@ -32,6 +33,7 @@ mod error;
 pub mod gpt2;
 pub mod init;
 pub mod layers;
+pub mod lora;
 pub mod model;
 pub mod ode;
 pub mod optim;

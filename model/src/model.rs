@@ -4,6 +4,7 @@
 use crate::config::{Config, ModelKind};
 use crate::discrete::Discrete;
 use crate::gpt2::Gpt2;
+use crate::lora::LoraConfig;
 use crate::ode::NeuralOde;
 use crate::solver::{GradMode, Solver};
 use crate::stem::Stem;
@@ -114,9 +115,53 @@ impl Model {
         Ok(())
     }
 
-    /// The number of trainable numbers (equal to `Config::param_count`, as a test checks).
+    /// The number of numbers the model holds (equal to `Config::param_count`, as a test
+    /// checks).
     pub fn param_count(&self) -> usize {
         self.params().iter().map(Param::numel).sum()
+    }
+
+    /// The number of numbers an optimiser updates: all but the frozen ones (a LoRA model's
+    /// base).
+    pub fn trainable_count(&self) -> usize {
+        let trainable = self.params().iter().filter(|p| !p.is_frozen());
+        trainable.map(Param::numel).sum()
+    }
+
+    /// This model with LoRA factors on its layers (`lora.rs`), the rest frozen but what `lora`
+    /// trains. An ODE model has no fixed layers to adapt: convert it first (`to_discrete`).
+    pub fn with_lora(self, lora: &LoraConfig, seed: u64) -> Result<Model> {
+        let cfg = Config {
+            lora: Some(lora.clone()),
+            ..self.config().clone()
+        };
+        cfg.validate()?;
+        let device = self.device();
+        let model = match self {
+            Model::Ode(_) => unreachable!("validate refuses LoRA on an ODE model"),
+            Model::Discrete(m) => Model::Discrete(m.with_lora(lora, seed)),
+            Model::Gpt2(m) => Model::Gpt2(m.with_lora(lora, seed)),
+        };
+        // the new factors start on the CPU; the base may be elsewhere
+        for p in model.params() {
+            p.set_value(p.value().to_device(device)?)?;
+        }
+        Ok(model)
+    }
+
+    /// The model with its LoRA factors merged into the weights, for export: no LoRA left, the
+    /// same outputs. A model without LoRA comes back as a copy of itself.
+    pub fn merge_lora(&self) -> Result<Model> {
+        match self {
+            Model::Ode(m) => Err(Error::Config {
+                msg: format!(
+                    "a {} model has no LoRA factors to merge",
+                    m.config().model.name()
+                ),
+            }),
+            Model::Discrete(m) => Ok(Model::Discrete(m.merge_lora()?)),
+            Model::Gpt2(m) => Ok(Model::Gpt2(m.merge_lora()?)),
+        }
     }
 
     /// Vector-field evaluations of one forward pass (the layer count for GPT-2 and discrete

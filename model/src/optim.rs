@@ -67,14 +67,19 @@ impl OptimConfig {
 /// Whether a parameter gets weight decay (MODEL.md section 9). For the ODE models only the
 /// embeddings (token, position, and an untied head) decay: the hypernetworks do not. For
 /// GPT-2 the attention and MLP weight matrices and the embeddings decay; biases and norms never.
+///
+/// The layers of a re-discretised model are ordinary weights, so their matrices decay as
+/// GPT-2's do, and so do LoRA factors (the fine-tuning recipe of MODEL.md section 10).
 pub fn decays(model: ModelKind, name: &str) -> bool {
     let embedding = matches!(name, "wte.weight" | "wpe.weight" | "lm_head.weight");
-    let gpt2_matrix = name.starts_with("h.")
-        && (name.contains(".attn.") || name.contains(".mlp."))
-        && name.ends_with(".weight");
+    let layer_matrix = |prefix: &str| {
+        name.starts_with(prefix)
+            && (name.contains(".attn.") || name.contains(".mlp."))
+            && (name.ends_with(".weight") || name.ends_with(".lora_a") || name.ends_with(".lora_b"))
+    };
     match model {
-        ModelKind::Gpt2 => embedding || gpt2_matrix,
-        ModelKind::NeuralOde | ModelKind::LlamaOde => embedding,
+        ModelKind::Gpt2 => embedding || layer_matrix("h."),
+        ModelKind::NeuralOde | ModelKind::LlamaOde => embedding || layer_matrix("layers."),
     }
 }
 
@@ -98,8 +103,14 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// AdamW over the parameters of `model` that are not frozen (`Param::is_frozen`).
     pub fn new(model: &Model, cfg: OptimConfig) -> Result<AdamW> {
-        let params = model.params().to_vec();
+        let params: Vec<Param> = model
+            .params()
+            .iter()
+            .filter(|p| !p.is_frozen())
+            .cloned()
+            .collect();
         let kind = model.config().model;
         let decay = params.iter().map(|p| decays(kind, p.name())).collect();
         // the moments live beside their parameter (on the GPU for a CUDA model)
