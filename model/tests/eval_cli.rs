@@ -219,3 +219,44 @@ fn bad_input_exits_with_one_error_line() {
     ]);
     assert!(err.contains("fixed depth of 2 layers"), "{err}");
 }
+
+#[test]
+fn a_list_of_steps_evaluates_each_depth_and_prints_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = save_model(dir.path(), "tiny.safetensors", &tiny(256));
+    let txt = dir.path().join("moby.txt");
+    fs::write(&txt, paragraph()).unwrap();
+    let json = dir.path().join("depths.json");
+    let args = [
+        "--checkpoint",
+        path_str(&ckpt),
+        "--text",
+        path_str(&txt),
+        "--max-batches",
+        "1",
+        "--steps",
+        "1,2,4",
+        "--solver",
+        "rk4",
+        "--json",
+        path_str(&json),
+    ];
+    let out = eval(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // one line per depth, then the table, the trained depth (2) marked
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("eval |")).count(),
+        3
+    );
+    assert!(stdout.contains("| 2 (trained) | rk4 | 8 |"), "{stdout}");
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&fs::read_to_string(&json).unwrap()).unwrap();
+    let steps: Vec<u64> = all.iter().map(|r| r["steps"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 4]);
+    let nfe: Vec<u64> = all.iter().map(|r| r["nfe"].as_u64().unwrap()).collect();
+    assert_eq!(nfe, vec![4, 8, 16]);
+    // a different depth is a different pass (an untrained model still depends on it)
+    let losses: Vec<f64> = all.iter().map(|r| r["loss"].as_f64().unwrap()).collect();
+    assert!(losses[0] != losses[2], "{losses:?}");
+}

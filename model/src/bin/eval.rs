@@ -67,16 +67,18 @@ struct Args {
     max_batches: Option<usize>,
 
     /// Solver steps of an ODE model [default: the config's n_steps]; a gpt2 or re-discretised
-    /// model has a fixed depth.
-    #[arg(long)]
-    steps: Option<usize>,
+    /// model has a fixed depth. A list (`--steps 2,4,8,16`) evaluates at each depth in turn, with
+    /// no training in between (the zero-shot depth change of MODEL.md section 10), and ends with
+    /// a table of perplexity against the step count.
+    #[arg(long, value_delimiter = ',')]
+    steps: Vec<usize>,
 
     /// The ODE solver: euler, midpoint, heun or rk4 [default: the one the checkpoint trained
     /// with, else euler]. A gpt2 or re-discretised model runs Euler only.
     #[arg(long)]
     solver: Option<Solver>,
 
-    /// Also write the result here as a JSON object.
+    /// Also write the result here as a JSON object (an array of them for a list of --steps).
     #[arg(long)]
     json: Option<PathBuf>,
 }
@@ -116,9 +118,7 @@ fn run(args: &Args) -> Result<()> {
         return Err("--batch and --max-batches must be at least 1".into());
     }
     let loaded = checkpoint::load(&args.checkpoint)?;
-    let trained_with = train::run_state(&args.checkpoint, &loaded.metadata)
-        .ok()
-        .map(|state| state.options.solver);
+    let trained_with = train::trained_solver(&args.checkpoint, &loaded.metadata);
     let model = loaded.model;
     let cfg = model.config();
     let t = args.seq_len.unwrap_or(cfg.seq_len);
@@ -139,29 +139,57 @@ fn run(args: &Args) -> Result<()> {
         );
         return Err(msg.into());
     }
-    let fwd = Forward {
-        steps: args.steps,
-        solver: args.solver.or(trained_with).unwrap_or_default(),
-        ..Forward::eval()
+    let depths: Vec<Option<usize>> = match args.steps.is_empty() {
+        true => vec![None],
+        false => args.steps.iter().copied().map(Some).collect(),
     };
-    let started = Instant::now();
-    let (loss, n_tokens) = mean_loss(&model, &tokens, t, args, &fwd)?;
-    let report = Report {
-        checkpoint: args.checkpoint.display().to_string(),
-        data,
-        tokens: n_tokens,
-        loss,
-        perplexity: loss.exp(),
-        steps: args.steps.unwrap_or(cfg.n_steps),
-        solver: fwd.solver,
-        nfe: model.nfe(&fwd),
-    };
-    print_line(&report, &model, started.elapsed().as_secs_f64());
+    let mut reports = Vec::with_capacity(depths.len());
+    for steps in depths {
+        let fwd = Forward {
+            steps,
+            solver: args.solver.or(trained_with).unwrap_or_default(),
+            ..Forward::eval()
+        };
+        let started = Instant::now();
+        let (loss, n_tokens) = mean_loss(&model, &tokens, t, args, &fwd)?;
+        let report = Report {
+            checkpoint: args.checkpoint.display().to_string(),
+            data: data.clone(),
+            tokens: n_tokens,
+            loss,
+            perplexity: loss.exp(),
+            steps: steps.unwrap_or(cfg.n_steps),
+            solver: fwd.solver,
+            nfe: model.nfe(&fwd),
+        };
+        print_line(&report, &model, started.elapsed().as_secs_f64());
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        print_depth_table(&reports, cfg.n_steps);
+    }
     if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report)? + "\n";
+        let json = match &reports[..] {
+            [one] => serde_json::to_string_pretty(one)?,
+            all => serde_json::to_string_pretty(all)?,
+        } + "\n";
         fs::write(path, json).map_err(|e| format!("could not write {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// Perplexity against the step count, as a markdown table (the depth the model trained at
+/// marked).
+fn print_depth_table(reports: &[Report], trained: usize) {
+    println!("| steps | solver | nfe | loss | perplexity |");
+    println!("|---:|---|---:|---:|---:|");
+    for r in reports {
+        let mark = if r.steps == trained { " (trained)" } else { "" };
+        println!(
+            "| {}{mark} | {} | {} | {:.4} | {:.2} |",
+            r.steps, r.solver, r.nfe, r.loss, r.perplexity
+        );
+    }
 }
 
 /// The tokens of --shard or --text, each checked to be below the model's vocabulary size `v`,
@@ -170,7 +198,7 @@ fn read_tokens(args: &Args, v: usize) -> Result<(Vec<u32>, String)> {
     match (&args.shard, &args.text) {
         (Some(path), _) => Ok((shard_tokens(path, v)?, path.display().to_string())),
         (None, Some(path)) => {
-            let tokenizer = args.tokenizer.unwrap_or(default_tokenizer(v));
+            let tokenizer = args.tokenizer.unwrap_or(Tokenizer::for_vocab_size(v));
             let tokens = text_tokens(path, tokenizer, v)?;
             Ok((tokens, path.display().to_string()))
         }
@@ -215,15 +243,6 @@ fn text_tokens(path: &Path, tokenizer: Tokenizer, v: usize) -> Result<Vec<u32>> 
         return Err(msg.into());
     }
     Ok(tokens)
-}
-
-/// gpt2 for a model that can hold GPT-2's tokens, byte otherwise.
-fn default_tokenizer(v: usize) -> Tokenizer {
-    if v >= Tokenizer::Gpt2.vocab_size() as usize {
-        Tokenizer::Gpt2
-    } else {
-        Tokenizer::Byte
-    }
 }
 
 /// The mean loss over the windows of `tokens` (see the module doc), and the number of
