@@ -100,7 +100,9 @@ fn one_step(model: &Model) -> Vec<(String, bool)> {
     let ids = tokens(2, 8, 32, 12);
     let targets = tokens(2, 8, 32, 13);
     let tape = Tape::new();
-    let loss = model.loss(&tape, &ids, &targets, &Forward::train(5)).unwrap();
+    let loss = model
+        .loss(&tape, &ids, &targets, &Forward::train(5))
+        .unwrap();
     tape.backward(&loss).unwrap();
     opt.step().unwrap();
     model
@@ -210,4 +212,31 @@ fn lora_configs_that_cannot_work_are_refused_with_a_reason() {
     };
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("rank"), "{err}");
+}
+
+#[test]
+fn a_lora_model_decodes_with_the_kv_cache_like_its_merged_export() {
+    use odeflow_model::sample::{generate, Decoding, SampleOptions};
+    let (_, base) = bases().remove(0);
+    let model = base.with_lora(&lora(3, LoraInit::ZeroB), 19).unwrap();
+    let mut rng = Rng::new(20);
+    for p in model.params().iter().filter(|p| is_factor(p.name())) {
+        p.set_value(Tensor::randn(&p.shape(), 0.0, 0.3, DType::F32, &mut rng))
+            .unwrap();
+    }
+    let greedy = |decoding| SampleOptions {
+        temperature: 0.0,
+        max_new_tokens: 12,
+        decoding,
+        ..SampleOptions::default()
+    };
+    let prompt = [3, 1, 4, 1, 5];
+    let fwd = Forward::eval();
+    let cached = generate(&model, &fwd, &prompt, &greedy(Decoding::Cached)).unwrap();
+    let full = generate(&model, &fwd, &prompt, &greedy(Decoding::Recompute)).unwrap();
+    assert_eq!(cached, full);
+    let merged = model.merge_lora().unwrap();
+    let exported = generate(&merged, &fwd, &prompt, &greedy(Decoding::Cached)).unwrap();
+    assert_eq!(exported, cached);
+    assert_eq!(cached.len(), 12);
 }
