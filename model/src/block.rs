@@ -570,7 +570,10 @@ impl FixedBlock {
         for (p, lora) in self.params.iter().zip(&mut self.lora) {
             let slot = p.name().strip_suffix(".weight").and_then(|n| {
                 let slots = lora::linear_slots(self.kind);
-                slots.iter().copied().find(|s| n.ends_with(&format!(".{s}")))
+                slots
+                    .iter()
+                    .copied()
+                    .find(|s| n.ends_with(&format!(".{s}")))
             });
             if let Some(slot) = slot.filter(|s| cfg.targets_slot(self.kind, s)) {
                 debug_assert!(lora.is_none(), "{slot} has LoRA factors already");

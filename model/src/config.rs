@@ -262,7 +262,8 @@ impl Config {
         }
         if let Some(lora) = &self.lora {
             if self.model.is_ode() && !self.discrete {
-                let msg = "LoRA fine-tunes ordinary layers: convert an ODE model to a discrete one \
+                let msg =
+                    "LoRA fine-tunes ordinary layers: convert an ODE model to a discrete one \
                            first (to_discrete)";
                 return bad(msg.into());
             }

@@ -374,7 +374,9 @@ pub fn run_state(path: &Path, metadata: &BTreeMap<String, String>) -> Result<Run
 /// The solver the run saved at `path` trained with, when its metadata records a run state (a
 /// checkpoint not written by the trainer has none): what eval and sample run by default.
 pub fn trained_solver(path: &Path, metadata: &BTreeMap<String, String>) -> Option<Solver> {
-    run_state(path, metadata).ok().map(|state| state.options.solver)
+    run_state(path, metadata)
+        .ok()
+        .map(|state| state.options.solver)
 }
 
 /// The mean loss of `model` run as `fwd` says, computing in `compute` (`None`: as stored),
