@@ -12,19 +12,16 @@ use odeflow_model::train::{metrics, Record};
 use odeflow_model::{checkpoint, Config, Forward, Model, ModelKind};
 use odeflow_runtime::Tensor;
 
-/// D 32, 2 heads, 2 steps (or layers), context 16, byte vocabulary.
+mod common;
+
+/// The tests' small model (`common::tiny`: D 16, 3 steps or layers) with a byte vocabulary
+/// and a context of 16, so the corpus's text fits.
 fn config(kind: ModelKind) -> Config {
-    let cfg = Config {
+    Config {
         vocab_size: 256,
         seq_len: 16,
-        d_model: 32,
-        n_heads: 2,
-        n_steps: 2,
-        time_embed_dim: 4,
-        sinusoidal_dim: 4,
-        ..Config::tiny()
-    };
-    cfg.with_model(kind)
+        ..common::tiny(kind)
+    }
 }
 
 /// A corpus folder of a few thousand varied bytes, and a saved `kind` checkpoint.
@@ -88,7 +85,7 @@ fn an_ode_checkpoint_converted_and_fine_tuned_with_lora_exports_a_plain_model() 
     let (dir, ckpt) = scratch(ModelKind::NeuralOde);
     let lora = [
         "--layers",
-        "3",
+        "5",
         "--lora",
         "--lora-rank",
         "2",
@@ -104,18 +101,18 @@ fn an_ode_checkpoint_converted_and_fine_tuned_with_lora_exports_a_plain_model() 
     );
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("3 layers") && stdout.contains("LoRA r 2"),
+        stdout.contains("5 layers") && stdout.contains("LoRA r 2"),
         "{stdout}"
     );
 
-    // the run: a LoRA discrete model of 3 layers, validated at step 0 (the converted model
+    // the run: a LoRA discrete model of 5 layers, validated at step 0 (the converted model
     // before any step), 2 and at the end
     let run = dir.path().join("lora");
     let trained = checkpoint::load(&run.join("checkpoint.safetensors"))
         .unwrap()
         .model;
     let cfg = trained.config();
-    assert!(cfg.discrete && cfg.n_steps == 3 && cfg.lora.is_some());
+    assert!(cfg.discrete && cfg.n_steps == 5 && cfg.lora.is_some());
     let records = metrics::read(&run.join("metrics.jsonl")).unwrap();
     let val_steps: Vec<usize> = records
         .iter()
@@ -130,7 +127,7 @@ fn an_ode_checkpoint_converted_and_fine_tuned_with_lora_exports_a_plain_model() 
     let merged = checkpoint::load(&run.join("merged.safetensors"))
         .unwrap()
         .model;
-    assert!(merged.config().lora.is_none() && merged.config().n_steps == 3);
+    assert!(merged.config().lora.is_none() && merged.config().n_steps == 5);
     let ids = Tensor::from_vec((0..16u32).map(|i| i * 13 % 256).collect(), &[1, 16]).unwrap();
     let (want, got) = (logits(&trained, &ids), logits(&merged, &ids));
     let diff = want
@@ -143,7 +140,7 @@ fn an_ode_checkpoint_converted_and_fine_tuned_with_lora_exports_a_plain_model() 
     let Model::Ode(ode) = checkpoint::load(&ckpt).unwrap().model else {
         unreachable!("an ODE checkpoint")
     };
-    let converted = Model::Discrete(ode.to_discrete(3).unwrap());
+    let converted = Model::Discrete(ode.to_discrete(5).unwrap());
     assert_ne!(logits(&converted, &ids), got);
 }
 

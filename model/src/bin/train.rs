@@ -175,14 +175,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    run::exit_code(run(&Args::parse()))
 }
 
 fn run(args: &Args) -> Result<ExitCode> {
@@ -280,14 +273,7 @@ fn run(args: &Args) -> Result<ExitCode> {
             options.seed,
         )?;
     }
-    println!(
-        "done: {} steps in {:.1} s of training; val loss {:.4} (perplexity {:.2}); files in {}",
-        trainer.steps_done(),
-        trainer.train_seconds(),
-        eval.loss,
-        eval.perplexity,
-        files.dir.display()
-    );
+    println!("{}", run::done_line(&trainer, &eval, &files));
     Ok(ExitCode::SUCCESS)
 }
 

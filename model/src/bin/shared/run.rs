@@ -6,6 +6,7 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +40,29 @@ impl RunFiles {
             config: dir.join("config.toml"),
         }
     }
+}
+
+/// A binary's exit: the run's own code, or one `error:` line and code 1.
+pub fn exit_code(result: Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The last line of a run that finished.
+pub fn done_line(trainer: &Trainer, eval: &EvalRecord, files: &RunFiles) -> String {
+    format!(
+        "done: {} steps in {:.1} s of training; val loss {:.4} (perplexity {:.2}); files in {}",
+        trainer.steps_done(),
+        trainer.train_seconds(),
+        eval.loss,
+        eval.perplexity,
+        files.dir.display()
+    )
 }
 
 /// How `train_to_end` stopped.
