@@ -60,6 +60,8 @@ timeout 180 python3 bench/peers/torch_train_step.py --device cuda --bf16 --only-
 # per gradient mode as L grows to 96
 timeout 150 "$bin/adjoint_memory" --device cuda --widths 128 --steps 4,16,48,96 --segments 8 \
     --reps 1 --out-dir "$OUT/adjoint_memory" > "$OUT/adjoint_memory.log" 2>&1
+# text generation on the device (issue 13): tokens/s with the KV cache and without, same tokens
+timeout 90 "$bin/decode" --device cuda --reps 1 --json "$OUT/decode.json" > "$OUT/decode.log" 2>&1
 
 echo "## $(tail -1 "$OUT/gpu.txt")"
 echo
@@ -71,6 +73,9 @@ grep -h "FAILED\|panicked" "$OUT/tests.log" | head -20
 echo
 echo "adjoint memory on the GPU (allocator peak, MiB):"
 cat "$OUT/adjoint_memory/table.md" 2>/dev/null || tail -3 "$OUT/adjoint_memory.log"
+echo
+echo "decoding on the GPU:"
+grep "^|" "$OUT/decode.log" | head -14 || tail -3 "$OUT/decode.log"
 echo
 python3 - "$OUT" <<'PY'
 import json, os, sys

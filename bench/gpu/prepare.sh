@@ -34,10 +34,11 @@ for line in sys.stdin:
             shutil.copy(m["executable"], f"'"$out"'/test-{name}-{kind}")
 '
 cargo build --release -p odeflow-bench --bin gpu_kernels --bin flash_workbench --bin gpu_hypernet \
-    --bin gpu_train_step --bin adjoint_memory
+    --bin gpu_train_step --bin adjoint_memory --bin decode
 cargo build --release -p odeflow-model --bin train
 cp target/release/gpu_kernels target/release/flash_workbench target/release/gpu_hypernet \
-    target/release/gpu_train_step target/release/adjoint_memory target/release/train "$out/"
+    target/release/gpu_train_step target/release/adjoint_memory target/release/decode \
+    target/release/train "$out/"
 strip --strip-all "$out"/* 2>/dev/null || true
 ls -la "$out"
 tar -czf "$carry/bundle.tar.gz" -C "$out" .
