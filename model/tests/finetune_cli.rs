@@ -167,6 +167,35 @@ fn a_gpt2_checkpoint_fine_tunes_fully_and_keeps_its_depth() {
     // an existing run is not replaced by accident
     let out = finetune(dir.path(), &ckpt, "full", &[]);
     assert!(!out.status.success() && text(&out.stderr).contains("--resume"));
+
+    // --resume takes the run's settings from its checkpoint: a flag that would change them is
+    // refused by name; without one, the finished run resumes at its last step
+    let root = dir.path().to_str().unwrap();
+    let resume = |extra: &[&str]| {
+        let (run, corpus, shards) = (
+            format!("{root}/full"),
+            format!("{root}/corpus"),
+            format!("{root}/shards"),
+        );
+        let mut args = vec!["--resume", "--out-dir", &run, "--corpus", &corpus];
+        args.extend(["--data-dir", shards.as_str()]);
+        args.extend(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_finetune"))
+            .args(&args)
+            .output();
+        out.expect("the finetune binary runs")
+    };
+    let out = resume(&["--steps", "8", "--lr", "1e-3"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("drop --steps, --lr"), "{err}");
+    let out = resume(&[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("resuming") && stdout.contains("at step 4/4"),
+        "{stdout}"
+    );
 }
 
 #[test]

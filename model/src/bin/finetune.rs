@@ -34,7 +34,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use odeflow_data::Tokenizer;
 use odeflow_model::lora::{LoraConfig, LoraInit};
 use odeflow_model::optim::OptimConfig;
@@ -153,7 +154,8 @@ struct Args {
     export: Option<PathBuf>,
 
     /// Continue the fine-tune saved in --out-dir. Its model and options come from its
-    /// checkpoint: beside --resume only --corpus, --data-dir and --device count.
+    /// checkpoint: beside --resume only --corpus, --data-dir, --device and --export may be
+    /// given.
     #[arg(long)]
     resume: bool,
 
@@ -163,10 +165,39 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    run::exit_code(run(&Args::parse()))
+    let command = Args::command();
+    let matches = command.clone().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // the flags typed on the command line (a default is not a choice --resume could clash with;
+    // the ids also name clap's group of all the flags, which is not one)
+    let given: Vec<String> = command
+        .get_arguments()
+        .map(|arg| arg.get_id().as_str())
+        .filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine))
+        .map(String::from)
+        .collect();
+    run::exit_code(run(&args, &given))
 }
 
-fn run(args: &Args) -> Result<ExitCode> {
+/// The flags that still count beside --resume; every other one is fixed by the checkpoint.
+const RESUME_FLAGS: [&str; 6] = [
+    "resume", "out_dir", "corpus", "data_dir", "device", "export",
+];
+
+fn run(args: &Args, given: &[String]) -> Result<ExitCode> {
+    let fixed: Vec<String> = given
+        .iter()
+        .filter(|id| !RESUME_FLAGS.contains(&id.as_str()))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    if args.resume && !fixed.is_empty() {
+        return Err(format!(
+            "--resume continues the fine-tune as it was started (its model and options are in \
+             its checkpoint); drop {}",
+            fixed.join(", ")
+        )
+        .into());
+    }
     odeflow_runtime::memory::keep_freed_memory();
     odeflow_runtime::cpu::join_thread_pool();
     if let Device::Cuda(i) = args.device {
