@@ -8,12 +8,13 @@
 //! says how to carry on (on the CPU).
 //!
 //! One file per family of ops, beside the kernels' own: `elementwise.rs` (GELU, SiLU and their
-//! backwards; add, sub, mul with broadcasting; the affine map), `layout.rs` (`contiguous` of any
-//! view, f32 <-> bf16 casts), `matmul.rs` (the batched product on the GEMM), `rows.rs` (LayerNorm,
-//! RMSNorm, softmax, cross-entropy, forward and backward), `embedding.rs` (gather and its
-//! scatter-add), `optim.rs` (AdamW), `reduce.rs` (sum and mean over any dim, the sum of squares),
-//! `flash.rs` (causal flash attention, forward and backward, on the tensor cores), `hypernet.rs`
-//! (the hypernetwork's weight generation and its backward, each one fused pass).
+//! backwards; add, sub, mul with broadcasting; the affine map; the solvers' one-pass `lincomb`),
+//! `layout.rs` (`contiguous` of any view, f32 <-> bf16 casts), `matmul.rs` (the batched product
+//! on the GEMM), `rows.rs` (LayerNorm, RMSNorm, softmax, cross-entropy, forward and backward),
+//! `embedding.rs` (gather and its scatter-add), `optim.rs` (AdamW), `reduce.rs` (sum and mean
+//! over any dim, the sum of squares), `flash.rs` (causal flash attention, forward and backward,
+//! on the tensor cores), `hypernet.rs` (the hypernetwork's weight generation and its backward,
+//! each one fused pass, the backward optionally summed into a gradient gathered so far).
 //! Inputs are made dense first (`dense`); f32 and bf16 only. Still `Unsupported` on CUDA: the
 //! other unary ops (exp, log, tanh, ...), div and maximum, log-softmax, max and argmax, the
 //! flash attention in f32 or at a head dim other than 32, 64, 128 (`flash::supports` says no,
