@@ -321,26 +321,22 @@ fn a_frozen_parameter_is_a_constant_and_gets_no_gradient() {
         Param::new("w", t(&[2.0, 3.0])),
         Param::new("v", t(&[5.0, 7.0])),
     );
+    let backward = || {
+        let tape = Tape::new();
+        let loss = tape
+            .param(&w)
+            .mul(&tape.param(&v))
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        tape.backward(&loss).unwrap();
+    };
     w.set_frozen(true);
-    let tape = Tape::new();
-    let loss = tape
-        .param(&w)
-        .mul(&tape.param(&v))
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    tape.backward(&loss).unwrap();
+    backward();
     assert!(w.grad().is_none());
     assert_eq!(vals(&v.grad().unwrap()), vec![2.0, 3.0]);
     // thawed, it takes part again
     w.set_frozen(false);
-    let tape = Tape::new();
-    let loss = tape
-        .param(&w)
-        .mul(&tape.param(&v))
-        .unwrap()
-        .sum_all()
-        .unwrap();
-    tape.backward(&loss).unwrap();
+    backward();
     assert_eq!(vals(&w.grad().unwrap()), vec![5.0, 7.0]);
 }

@@ -597,7 +597,7 @@ impl FixedBlock {
 }
 
 /// The shape of each slot of a `kind` block, in slot order.
-fn slot_shapes(kind: BlockKind, cfg: &Config) -> Vec<Vec<usize>> {
+pub(crate) fn slot_shapes(kind: BlockKind, cfg: &Config) -> Vec<Vec<usize>> {
     let (d, f) = (cfg.d_model, cfg.ff_width());
     match kind {
         BlockKind::Gpt => vec![

@@ -20,7 +20,7 @@
 //! w0_init_std = 0.02        # std of W0 at init (0: the reference's; see the field's doc)
 //! ```
 
-use crate::block::BlockKind;
+use crate::block::{slot_shapes, BlockKind};
 use crate::lora::LoraConfig;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -335,29 +335,14 @@ impl Config {
     /// The LoRA factors' numbers: r (d_in + d_out) per targeted map and layer (0 without LoRA).
     pub fn lora_param_count(&self) -> usize {
         let Some(lora) = &self.lora else { return 0 };
-        let (d, f) = (self.d_model, self.ff_width());
         let kind = BlockKind::of(self);
-        let shapes: &[(&str, usize, usize)] = match kind {
-            BlockKind::Gpt => &[
-                ("attn.c_attn", d, 3 * d),
-                ("attn.c_proj", d, d),
-                ("mlp.c_fc", d, f),
-                ("mlp.c_proj", f, d),
-            ],
-            BlockKind::Llama(_) => &[
-                ("attn.q", d, d),
-                ("attn.k", d, d),
-                ("attn.v", d, d),
-                ("attn.o", d, d),
-                ("mlp.gate", d, f),
-                ("mlp.up", d, f),
-                ("mlp.down", f, d),
-            ],
-        };
-        let per_layer: usize = shapes
-            .iter()
-            .filter(|(slot, _, _)| lora.targets_slot(kind, slot))
-            .map(|&(_, i, o)| crate::lora::pair_count(lora.rank, i, o))
+        let slots = kind.slots().iter().zip(slot_shapes(kind, self));
+        let per_layer: usize = slots
+            .filter(|(slot, _)| {
+                let map = slot.strip_suffix(".weight").unwrap_or(slot);
+                lora.targets_slot(kind, map)
+            })
+            .map(|(_, shape)| crate::lora::pair_count(lora.rank, shape[0], shape[1]))
             .sum();
         self.n_steps * per_layer
     }

@@ -30,7 +30,6 @@
 //! factors from 1e-6 N(0, 1).
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -39,7 +38,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use odeflow_data::Tokenizer;
 use odeflow_model::lora::{LoraConfig, LoraInit};
 use odeflow_model::optim::OptimConfig;
-use odeflow_model::train::{self, MetricsLog, Precision, Record, TrainOptions, Trainer};
+use odeflow_model::train::{self, Precision, Record, TrainOptions};
 use odeflow_model::{checkpoint, GradMode, Model, Solver};
 use odeflow_runtime::Device;
 
@@ -244,27 +243,7 @@ fn run(args: &Args, given: &[String]) -> Result<ExitCode> {
     let loader = shards.train_loader(options.batch, cfg.seq_len, options.seed)?;
     let mut val = shards.val_loader(options.batch, cfg.seq_len)?;
 
-    let mut trainer = match model {
-        None => {
-            let trainer = Trainer::resume(&files.checkpoint, loader, args.device)?;
-            let (done, total) = (trainer.steps_done(), options.steps);
-            println!(
-                "resuming {} at step {done}/{total}",
-                files.checkpoint.display()
-            );
-            trainer
-        }
-        Some(model) => {
-            model.to_device(args.device)?;
-            fs::write(&files.config, cfg.to_toml())?;
-            Trainer::new(model, loader, options.clone())?
-        }
-    };
-    let mut log = if args.resume {
-        MetricsLog::resume(&files.metrics, trainer.steps_done())?
-    } else {
-        MetricsLog::create(&files.metrics)?
-    };
+    let (mut trainer, mut log) = run::open_run(&files, model, loader, &options, args.device)?;
     let model = trainer.model();
     println!(
         "finetune {} | {} layers | {} | {:.2} M of {:.2} M parameters trained | {} steps x {} \

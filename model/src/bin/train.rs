@@ -22,7 +22,6 @@
 //! checkpoint and exits with code 130; a run killed outright resumes from its last checkpoint
 //! and, from there on, reproduces the uninterrupted run bit for bit.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -30,8 +29,7 @@ use clap::Parser;
 use odeflow_data::Tokenizer;
 use odeflow_model::optim::OptimConfig;
 use odeflow_model::sample::{generate, SampleOptions};
-use odeflow_model::train::{self, MetricsLog};
-use odeflow_model::train::{Precision, TrainOptions, Trainer};
+use odeflow_model::train::{self, Precision, TrainOptions};
 use odeflow_model::{checkpoint, Config, Forward, GradMode, Model, ModelKind, Solver};
 use odeflow_runtime::Device;
 
@@ -226,26 +224,11 @@ fn run(args: &Args) -> Result<ExitCode> {
     let loader = shards.train_loader(options.batch, cfg.seq_len, options.seed)?;
     let mut val = shards.val_loader(options.batch, cfg.seq_len)?;
 
-    let mut trainer = if args.resume {
-        let trainer = Trainer::resume(&files.checkpoint, loader, args.device)?;
-        println!(
-            "resuming {} at step {}/{}",
-            files.checkpoint.display(),
-            trainer.steps_done(),
-            options.steps
-        );
-        trainer
-    } else {
-        let model = Model::new(&cfg, options.seed)?;
-        model.to_device(args.device)?;
-        fs::write(&files.config, cfg.to_toml())?;
-        Trainer::new(model, loader, options.clone())?
+    let model = match args.resume {
+        true => None,
+        false => Some(Model::new(&cfg, options.seed)?),
     };
-    let mut log = if args.resume {
-        MetricsLog::resume(&files.metrics, trainer.steps_done())?
-    } else {
-        MetricsLog::create(&files.metrics)?
-    };
+    let (mut trainer, mut log) = run::open_run(&files, model, loader, &options, args.device)?;
     println!(
         "model {} ({:.2} M parameters, D {}, L {}, T {}) | {} steps x {} tokens | lr {:.1e} | \
          out {}",

@@ -12,10 +12,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use odeflow_data::{ensure_shards, PrepareConfig, ShardSet, Tokenizer, ValLoader};
+use odeflow_data::{ensure_shards, PrepareConfig, ShardSet, Tokenizer, TrainLoader, ValLoader};
 use odeflow_model::plot::{plot_curves, Curve};
-use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord, Trainer};
-use odeflow_model::{checkpoint, Config};
+use odeflow_model::train::{self, metrics, EvalRecord, MetricsLog, Record, StepRecord};
+use odeflow_model::train::{TrainOptions, Trainer};
+use odeflow_model::{checkpoint, Config, Model};
+use odeflow_runtime::Device;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -63,6 +65,35 @@ pub fn done_line(trainer: &Trainer, eval: &EvalRecord, files: &RunFiles) -> Stri
         eval.perplexity,
         files.dir.display()
     )
+}
+
+/// The trainer and its metrics log: a fresh run of `model` on `device` (its config written
+/// beside the run's files), or, with no model, the run saved in `files` resumed there.
+pub fn open_run(
+    files: &RunFiles,
+    model: Option<Model>,
+    loader: TrainLoader,
+    options: &TrainOptions,
+    device: Device,
+) -> Result<(Trainer, MetricsLog)> {
+    match model {
+        None => {
+            let trainer = Trainer::resume(&files.checkpoint, loader, device)?;
+            let (done, total) = (trainer.steps_done(), options.steps);
+            println!(
+                "resuming {} at step {done}/{total}",
+                files.checkpoint.display()
+            );
+            let log = MetricsLog::resume(&files.metrics, trainer.steps_done())?;
+            Ok((trainer, log))
+        }
+        Some(model) => {
+            model.to_device(device)?;
+            fs::write(&files.config, model.config().to_toml())?;
+            let trainer = Trainer::new(model, loader, options.clone())?;
+            Ok((trainer, MetricsLog::create(&files.metrics)?))
+        }
+    }
 }
 
 /// How `train_to_end` stopped.
